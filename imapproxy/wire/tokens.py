@@ -124,7 +124,7 @@ def _scan_atom(data: bytes, pos: int, stop: int) -> int:
             continue
         break
     if pos == start:
-        raise TokenError(f"unexpected byte {data[pos:pos + 1]!r} at offset {pos}")
+        raise TokenError(f"unexpected byte {data[pos : pos + 1]!r} at offset {pos}")
     return pos
 
 

@@ -1,0 +1,241 @@
+"""Parser for the client-to-server direction (commands).
+
+Theory of operation
+-------------------
+h11-style: ``receive_data(bytes)`` adds input, ``next_event()`` returns one event, or
+``NEED_DATA`` (feed more), ``PAUSED`` (waiting for the server, see below) or ``CLOSED``.
+
+Most client lines can be read without knowing what the server says. Four cannot, because
+the server's answer decides what the client's next bytes are:
+
+* a synchronising literal ``{n}``: the payload comes only after the server's ``+``; if the
+  server answers the command with a tagged NO/BAD instead, the next bytes are a new command;
+* AUTHENTICATE: lines after a ``+`` are SASL data until the tagged answer;
+* IDLE: the ``DONE`` line only follows the server's ``+``; a rejected IDLE has no DONE;
+* STARTTLS (and COMPRESS): after the tagged OK the stream is no longer plain IMAP.
+
+In those states the parser returns ``PAUSED`` and reads nothing until the session reports
+the server's answer with ``continuation_received()`` or ``command_finished(tag)``. Reading on
+would let a client smuggle a command past the policy as "SASL data" or "literal payload"
+that the server then executes as a command. The driver stops reading the socket while the
+parser is paused, so TCP backpressure holds the client.
+
+State transitions (``line`` = a complete line; ``lit`` = it announces a literal):
+
+    COMMAND         line, no lit  -> COMMAND (or WAIT_SERVER for AUTHENTICATE/IDLE/STARTTLS/COMPRESS)
+    COMMAND         line, {n+}    -> LITERAL
+    COMMAND         line, {n}     -> WAIT_CONTINUATION
+    WAIT_CONTINUATION  +          -> LITERAL;   tagged answer -> COMMAND
+    LITERAL         payload done  -> COMMAND_REST
+    COMMAND_REST    same as COMMAND for the line's end
+    WAIT_SERVER     +             -> SASL_LINE (AUTHENTICATE) | IDLE_LINE (IDLE); tagged -> COMMAND
+    SASL_LINE       line          -> WAIT_SERVER
+    IDLE_LINE       line          -> COMMAND
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from .errors import ProtocolError
+from .events import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    ClientEvent,
+    Command,
+    CommandPart,
+    IdleDone,
+    LiteralData,
+    LiteralHeader,
+    SaslResponse,
+    _Sentinel,
+)
+from .framing import Framer, literal_at_end
+
+DEFAULT_MAX_LINE = 64 * 1024
+
+# tag = 1*<ASTRING-CHAR except "+">; command names are atoms.
+_HEAD = re.compile(rb'([^\x00-\x20(){%*"\\+\x7f-\xff]+) ([A-Za-z][A-Za-z0-9._-]*)(?=[ \r\n]|\Z)')
+_NAME = re.compile(rb"([A-Za-z][A-Za-z0-9._-]*)(?=[ \r\n]|\Z)")
+_TAG_ONLY = re.compile(rb'[^\x00-\x20(){%*"\\+\x7f-\xff]+')
+
+# What a command that waits for the server turns into on a continuation request.
+_WAITING_COMMANDS = {
+    "AUTHENTICATE": "SASL_LINE",
+    "IDLE": "IDLE_LINE",
+    "STARTTLS": "",
+    "COMPRESS": "",
+}
+
+
+class _State(enum.Enum):
+    COMMAND = enum.auto()
+    COMMAND_REST = enum.auto()
+    LITERAL = enum.auto()
+    WAIT_CONTINUATION = enum.auto()
+    WAIT_SERVER = enum.auto()
+    SASL_LINE = enum.auto()
+    IDLE_LINE = enum.auto()
+    CLOSED = enum.auto()
+
+
+class ClientParser:
+    __slots__ = ("_framer", "_name", "_pending_literal", "_state", "_tag", "_wait_next")
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._framer = Framer(max_line, split_long_lines=False)
+        self._state = _State.COMMAND
+        self._tag = b""  # the command being read (or waited for)
+        self._name = ""
+        self._pending_literal = 0  # size of a synchronising literal awaiting "+"
+        self._wait_next: _State | None = None  # where WAIT_SERVER goes on "+"
+
+    # -- input ----------------------------------------------------------------------
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._framer.receive_data(data)
+
+    @property
+    def paused(self) -> bool:
+        return self._state in (_State.WAIT_CONTINUATION, _State.WAIT_SERVER)
+
+    @property
+    def waiting_tag(self) -> bytes | None:
+        """The tag whose server answer the parser waits for, when paused."""
+        return self._tag if self.paused else None
+
+    @property
+    def in_literal(self) -> bool:
+        return self._state is _State.LITERAL
+
+    # -- answers from the other direction -------------------------------------------
+    def continuation_received(self) -> bool:
+        """The server sent ``+``. Returns True if that resumed the parser."""
+        if self._state is _State.WAIT_CONTINUATION:
+            self._begin_literal(self._pending_literal)
+            return True
+        if self._state is _State.WAIT_SERVER and self._wait_next is not None:
+            self._state = self._wait_next
+            return True
+        return False
+
+    def command_finished(self, tag: bytes) -> bool:
+        """The command ``tag`` got its tagged answer (from the server or the proxy itself).
+        Returns True if that resumed the parser."""
+        if self.paused and tag == self._tag:
+            self._state = _State.COMMAND
+            return True
+        return False
+
+    def start_tls(self) -> None:
+        """STARTTLS succeeded: plain-text parsing restarts on the TLS stream. Bytes the client
+        pipelined after STARTTLS must never be read as commands (CVE-2011-0411 class)."""
+        if self._framer.buffered:
+            raise ProtocolError("data pipelined after STARTTLS", fatal=True)
+        self._state = _State.COMMAND
+
+    # -- events ---------------------------------------------------------------------
+    def next_event(self) -> ClientEvent | _Sentinel:
+        state = self._state
+        framer = self._framer
+        if state is _State.LITERAL:
+            chunk = framer.next_literal_chunk()
+            if chunk is None:
+                return self._starved()
+            if framer.literal_left:
+                return LiteralData(chunk, False)
+            self._state = _State.COMMAND_REST
+            return LiteralData(chunk, True)
+        if state is _State.WAIT_CONTINUATION or state is _State.WAIT_SERVER:
+            return PAUSED
+        if state is _State.CLOSED:
+            return CLOSED
+        try:
+            got = framer.next_line()
+        except ProtocolError:
+            self._state = _State.CLOSED
+            raise
+        if got is None:
+            return self._starved()
+        line = got[0]
+        if state is _State.COMMAND:
+            return self._command(line)
+        if state is _State.COMMAND_REST:
+            literal = self._literal(line)
+            self._after_line(literal)
+            return CommandPart(line, literal)
+        if state is _State.SASL_LINE:
+            self._state = _State.WAIT_SERVER
+            return SaslResponse(line)
+        self._state = _State.COMMAND  # IDLE_LINE: any line ends IDLE, as servers treat it
+        return IdleDone(line)
+
+    def _command(self, line: bytes) -> Command:
+        m = _HEAD.match(line)
+        if m is None:
+            t = _TAG_ONLY.match(line)
+            tag = t.group() if t is not None and line[t.end() : t.end() + 1] == b" " else None
+            self._skip_bad_command(line)
+            raise ProtocolError("malformed command line", fatal=False, tag=tag)
+        tag = m.group(1)
+        name = m.group(2).decode("ascii").upper()
+        if name == "UID":
+            sub = _NAME.match(line, m.end() + 1)
+            if sub is None:
+                self._skip_bad_command(line)
+                raise ProtocolError("UID needs a command", fatal=False, tag=tag)
+            name = "UID " + sub.group(1).decode("ascii").upper()
+        literal = self._literal(line)
+        self._tag = tag
+        self._name = name
+        self._after_line(literal)
+        return Command(tag, name, line, literal)
+
+    def _literal(self, line: bytes) -> LiteralHeader | None:
+        try:
+            return literal_at_end(line)
+        except ProtocolError:
+            self._state = _State.CLOSED
+            raise
+
+    def _after_line(self, literal: LiteralHeader | None) -> None:
+        if literal is None:
+            wait_next = _WAITING_COMMANDS.get(self._name)
+            if wait_next is None:
+                self._state = _State.COMMAND
+            else:
+                self._state = _State.WAIT_SERVER
+                self._wait_next = _State[wait_next] if wait_next else None
+        elif literal.sync:
+            self._state = _State.WAIT_CONTINUATION
+            self._pending_literal = literal.size
+        else:
+            self._begin_literal(literal.size)
+
+    def _begin_literal(self, size: int) -> None:
+        if size:
+            self._framer.start_literal(size)
+            self._state = _State.LITERAL
+        else:
+            self._state = _State.COMMAND_REST
+
+    def _skip_bad_command(self, line: bytes) -> None:
+        # A rejected line that announces a non-synchronising literal is followed by its
+        # payload: consume it as the rest of a (rejected) command to stay in step. A
+        # synchronising one is never sent, since the client gets BAD instead of "+".
+        self._tag, self._name = b"", ""
+        literal = self._literal(line)
+        if literal is not None and not literal.sync:
+            self._begin_literal(literal.size)
+        else:
+            self._state = _State.COMMAND
+
+    def _starved(self) -> _Sentinel:
+        if not self._framer.eof:
+            return NEED_DATA
+        if self._state is _State.COMMAND and not self._framer.buffered:
+            self._state = _State.CLOSED
+            return CLOSED
+        self._state = _State.CLOSED
+        raise ProtocolError("connection closed in the middle of a command", fatal=True)
