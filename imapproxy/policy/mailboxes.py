@@ -1,0 +1,211 @@
+"""Mailbox names: modified UTF-7 (RFC 3501 5.1.3) and the rewrite_mailbox mapping table.
+
+Names travel as wire bytes: modified UTF-7, or UTF-8 once the client enabled UTF8=ACCEPT
+(RFC 6855). Mapping works on those bytes prefix-wise, so the part of a name after a mapped
+prefix is forwarded byte for byte; globs match the decoded ``str``.
+
+The table maps client names to upstream names (``from`` -> ``to``) and back; the longest
+matching prefix wins in both directions, and a prefix covers its children only across the
+hierarchy delimiter (``Archive`` covers ``Archive/2024``, never ``Archives``).
+
+A name is only passed through when the round trip is exact: a client name whose upstream
+form would map back to something else (the client typed the upstream path ``Old/Archive``
+itself) is *reserved* and the command is refused; an upstream name with no client form
+(the upstream's own ``Archive`` while ``Archive`` means ``Old/Archive``) is *hidden* from
+LIST/LSUB/STATUS. That keeps client->upstream->client the identity and hides the real path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "MailboxMap",
+    "Mapped",
+    "decode_mailbox",
+    "decode_mutf7",
+    "encode_mailbox",
+    "encode_mutf7",
+]
+
+_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
+
+
+def encode_mutf7(name: str) -> bytes:
+    """Encode a mailbox name in modified UTF-7; ValueError for lone surrogates."""
+    out = bytearray()
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            utf16 = "".join(run).encode("utf-16-be")
+            out.extend(b"&" + base64.b64encode(utf16).rstrip(b"=").replace(b"/", b",") + b"-")
+            run.clear()
+
+    for ch in name:
+        if "\x20" <= ch <= "\x7e":
+            flush()
+            out.extend(b"&-" if ch == "&" else ch.encode("ascii"))
+        else:
+            run.append(ch)
+    flush()
+    return bytes(out)
+
+
+def decode_mutf7(wire: bytes) -> str:
+    """Decode modified UTF-7 strictly; ValueError when ``wire`` is not valid mUTF-7."""
+    out: list[str] = []
+    i, n = 0, len(wire)
+    while i < n:
+        byte = wire[i]
+        if byte == 0x26:  # '&'
+            end = wire.find(b"-", i + 1)
+            if end < 0:
+                raise ValueError("unterminated '&' sequence")
+            chunk = wire[i + 1 : end]
+            if not chunk:
+                out.append("&")
+            else:
+                if not _B64_CHARS.issuperset(chunk):
+                    raise ValueError("invalid character in '&' sequence")
+                padded = chunk.replace(b",", b"/") + b"=" * (-len(chunk) % 4)
+                try:
+                    utf16 = base64.b64decode(padded, validate=True)
+                    out.append(utf16.decode("utf-16-be"))
+                except (binascii.Error, UnicodeDecodeError):
+                    raise ValueError("invalid base64 or UTF-16 in '&' sequence") from None
+            i = end + 1
+        elif 0x20 <= byte <= 0x7E:
+            out.append(chr(byte))
+            i += 1
+        else:
+            raise ValueError(f"byte 0x{byte:02x} not allowed in modified UTF-7")
+    return "".join(out)
+
+
+def encode_mailbox(name: str, utf8: bool) -> bytes:
+    """The wire form of a decoded name in the session's mode."""
+    return name.encode("utf-8") if utf8 else encode_mutf7(name)
+
+
+def decode_mailbox(wire: bytes, utf8: bool = False, delimiter: bytes | None = b"/") -> str:
+    """The name as a ``str`` for glob matching; never raises.
+
+    Invalid modified UTF-7 falls back to the bytes as UTF-8 with replacement characters, so
+    a malformed name still matches ``*``-style globs. INBOX is case-insensitive in IMAP:
+    ``inbox`` (and ``inbox/x``) is matched as ``INBOX``.
+    """
+    wire = canonical_inbox(wire, delimiter)
+    if utf8 or any(b >= 0x80 for b in wire):
+        return wire.decode("utf-8", "replace")
+    try:
+        return decode_mutf7(wire)
+    except ValueError:
+        return wire.decode("utf-8", "replace")
+
+
+def canonical_inbox(wire: bytes, delimiter: bytes | None) -> bytes:
+    """Upper-case a leading INBOX component; other components stay case-sensitive."""
+    if wire[:5].upper() == b"INBOX" and (
+        len(wire) == 5 or (delimiter is not None and wire[5:].startswith(delimiter))
+    ):
+        return b"INBOX" + wire[5:]
+    return wire
+
+
+def _canonical_rule_name(wire: bytes) -> bytes:
+    # The server's delimiter is unknown when rules compile: any non-alphanumeric byte after
+    # "inbox" in a configured name is taken as one.
+    if wire[:5].upper() == b"INBOX" and not wire[5:6].isalnum():
+        return b"INBOX" + wire[5:]
+    return wire
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    wire: bytes  # the name on the other side (the input when no prefix applied)
+    rule: str | None  # the rule whose prefix applied, or that reserves/hides the name
+    valid: bool  # False: no counterpart on the other side (reserved or hidden)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    src: bytes  # canonical-INBOX form
+    dst: bytes
+    rule: str
+
+
+def _find(entries: Sequence[_Entry], name: bytes, delim: bytes | None) -> _Entry | None:
+    # Entries are sorted longest first, so the first hit is the longest matching prefix.
+    for entry in entries:
+        src = entry.src
+        if name.startswith(src) and (
+            len(name) == len(src) or (delim is not None and name.startswith(delim, len(src)))
+        ):
+            return entry
+    return None
+
+
+class _Table:
+    """One direction of the mapping, in one wire encoding."""
+
+    def __init__(self, pairs: Sequence[tuple[bytes, bytes, str]]) -> None:
+        entries = [_Entry(_canonical_rule_name(s), d, r) for s, d, r in pairs]
+        self.entries = sorted(entries, key=lambda e: len(e.src), reverse=True)
+
+    def apply(self, name: bytes, delim: bytes | None) -> tuple[bytes, str | None]:
+        entry = _find(self.entries, canonical_inbox(name, delim), delim)
+        if entry is None:
+            return name, None
+        return entry.dst + name[len(entry.src) :], entry.rule
+
+    def apply_pattern(self, pattern: bytes, delim: bytes | None) -> tuple[bytes, str | None]:
+        """Like apply, but a mapped name followed by a LIST wildcard maps too."""
+        canon = canonical_inbox(pattern, delim)
+        for entry in self.entries:
+            src = entry.src
+            if canon.startswith(src) and (
+                len(canon) == len(src)
+                or canon[len(src) : len(src) + 1] in (b"*", b"%")
+                or (delim is not None and canon.startswith(delim, len(src)))
+            ):
+                return entry.dst + pattern[len(src) :], entry.rule
+        return pattern, None
+
+
+class MailboxMap:
+    """The rewrite_mailbox table: ``(rule name, client name, upstream name)`` triples."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str, str]]) -> None:
+        self._up: dict[bool, _Table] = {}
+        self._down: dict[bool, _Table] = {}
+        for utf8 in (False, True):
+            wire = [(encode_mailbox(f, utf8), encode_mailbox(t, utf8), r) for r, f, t in pairs]
+            self._up[utf8] = _Table(wire)
+            self._down[utf8] = _Table([(t, f, r) for f, t, r in wire])
+
+    def __bool__(self) -> bool:
+        return bool(self._up[False].entries)
+
+    def to_upstream(self, name: bytes, delim: bytes | None, utf8: bool = False) -> Mapped:
+        up, rule = self._up[utf8].apply(name, delim)
+        back, back_rule = self._down[utf8].apply(up, delim)
+        if canonical_inbox(back, delim) != canonical_inbox(name, delim):
+            return Mapped(up, back_rule or rule, False)
+        return Mapped(up, rule, True)
+
+    def to_client(self, name: bytes, delim: bytes | None, utf8: bool = False) -> Mapped:
+        down, rule = self._down[utf8].apply(name, delim)
+        again, again_rule = self._up[utf8].apply(down, delim)
+        if canonical_inbox(again, delim) != canonical_inbox(name, delim):
+            return Mapped(down, again_rule or rule, False)
+        return Mapped(down, rule, True)
+
+    def pattern_to_upstream(
+        self, pattern: bytes, delim: bytes | None, utf8: bool = False
+    ) -> tuple[bytes, str | None]:
+        """A LIST reference or pattern: prefix-mapped, never refused (replies are mapped)."""
+        return self._up[utf8].apply_pattern(pattern, delim)

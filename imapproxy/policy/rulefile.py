@@ -1,0 +1,223 @@
+"""Rules from YAML nodes: validation with located, one-line errors.
+
+Shape (see rules/*.yaml)::
+
+    - name: no-mailbox-deletion      # letters, digits, '-', '_', '.'; unique
+      action: block                  # block | log | rewrite_mailbox
+      when: {command: [DELETE]}      # optional, keys AND-ed
+      message: "Deleting folders is disabled by policy"
+
+A rules file is either that list at top level or a mapping with the single key ``rules``
+(so a ``rules:`` block can be moved out of a config file verbatim).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from typing import cast
+
+from yaml.nodes import MappingNode
+
+from imapproxy.policy.matchers import glob_error
+from imapproxy.policy.model import ACTIONS, Action, Detail, Direction, Network, Rule, When
+from imapproxy.wire.commands import KNOWN_COMMANDS, is_known_command, normalise_command_name
+from imapproxy.yamlsource import ConfigError, YNode, closest
+
+__all__ = ["parse_rules", "parse_rules_document"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_COMMON_KEYS = ("name", "action", "when")
+_ACTION_KEYS: dict[str, tuple[str, ...]] = {
+    "log": ("detail",),
+    "block": ("message",),
+    "rewrite_mailbox": ("from", "to"),
+}
+_ALL_KEYS = _COMMON_KEYS + tuple(k for keys in _ACTION_KEYS.values() for k in keys)
+_WHEN_KEYS = ("command", "user", "mailbox", "client", "direction")
+
+
+def parse_rules_document(node: YNode | None) -> list[Rule]:
+    """A whole rules file: a list of rules, or ``{rules: [...]}``; empty means no rules."""
+    if node is None or node.is_null:
+        return []
+    if isinstance(node.node, MappingNode):
+        mapping = node.as_mapping("rules file")
+        mapping.check_keys(("rules",), ("rules",))
+        value = mapping.get("rules")
+        assert value is not None
+        return parse_rules(value)
+    return parse_rules(node)
+
+
+def parse_rules(node: YNode) -> list[Rule]:
+    rules = [_parse_rule(item, f"rules[{i}]") for i, item in enumerate(node.as_list("rules"))]
+    _check_unique(rules, node)
+    return rules
+
+
+def _check_unique(rules: Sequence[Rule], node: YNode) -> None:
+    names: dict[str, Rule] = {}
+    sources: dict[str, Rule] = {}
+    targets: dict[str, Rule] = {}
+    for rule in rules:
+        first = names.setdefault(rule.name, rule)
+        if first is not rule:
+            _fail_at(rule, f"duplicate rule name {rule.name!r} (first defined at {first.location})")
+        if rule.action != "rewrite_mailbox":
+            continue
+        assert rule.from_ is not None and rule.to is not None
+        for table, value, key in ((sources, rule.from_, "from"), (targets, rule.to, "to")):
+            first = table.setdefault(value, rule)
+            if first is not rule:
+                _fail_at(
+                    rule,
+                    f"rewrite_mailbox rules {first.name!r} and {rule.name!r} have the same "
+                    f"'{key}' {value!r}; a name can only map one way",
+                )
+
+
+def _fail_at(rule: Rule, reason: str) -> None:
+    file, line, col = rule.location.rsplit(":", 2)
+    raise ConfigError(file, int(line), int(col), reason)
+
+
+def _parse_rule(node: YNode, what: str) -> Rule:
+    mapping = node.as_mapping(what)
+    # Typos first: "unknown key 'acton' (did you mean 'action')" beats "missing 'action'".
+    mapping.check_keys(_ALL_KEYS, ("name", "action"))
+    name_node = mapping.get("name")
+    action_node = mapping.get("action")
+    assert name_node is not None and action_node is not None
+    name = name_node.as_str(f"{what}.name")
+    if not _NAME.fullmatch(name):
+        name_node.fail(
+            f"invalid rule name {name!r} (use up to 64 letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit)"
+        )
+    action = cast(Action, action_node.as_choice("action", ACTIONS))
+    for key in mapping:
+        owner = next((a for a, keys in _ACTION_KEYS.items() if key in keys), None)
+        if owner is not None and owner != action:
+            mapping.key_node(key).fail(f"key {key!r} is only valid for action {owner!r}")
+
+    when_node = mapping.get("when")
+    if action == "rewrite_mailbox" and "when" in mapping:
+        mapping.key_node("when").fail(
+            "'when' is not supported on rewrite_mailbox rules: the mapping applies to every "
+            "command and response so that names stay consistent"
+        )
+    when = _parse_when(when_node, f"{what}.when") if when_node is not None else When()
+
+    rule = Rule(name=name, action=action, when=when, location=node.location)
+    if action == "log":
+        return _log_rule(rule, mapping.get("detail"), when_node, what)
+    if action == "block":
+        return _block_rule(rule, mapping.get("message"), when_node, what)
+    return _rewrite_rule(rule, mapping.get("from"), mapping.get("to"), node, what)
+
+
+def _log_rule(rule: Rule, detail_node: YNode | None, when_node: YNode | None, what: str) -> Rule:
+    detail: Detail = "command"
+    if detail_node is not None:
+        detail = cast(Detail, detail_node.as_choice("detail", ("command", "full")))
+        if detail == "full" and rule.when.direction == "client":
+            detail_node.fail(
+                "'detail: full' adds the server's untagged responses; it cannot be combined "
+                "with 'direction: client'"
+            )
+    return Rule(rule.name, rule.action, rule.when, detail=detail, location=rule.location)
+
+
+def _block_rule(rule: Rule, message_node: YNode | None, when_node: YNode | None, what: str) -> Rule:
+    if rule.when.direction == "server":
+        assert when_node is not None
+        direction = when_node.as_mapping(f"{what}.when").get("direction")
+        assert direction is not None
+        direction.fail("a block rule acts on client commands; 'direction: server' never matches")
+    message = None
+    if message_node is not None:
+        message = message_node.as_str(f"{what}.message")
+        if len(message) > 200 or any(not "\x20" <= ch <= "\x7e" for ch in message):
+            message_node.fail(
+                f"{what}.message must be at most 200 printable ASCII characters "
+                "(it is sent to the client as IMAP response text)"
+            )
+    return Rule(rule.name, rule.action, rule.when, message=message, location=rule.location)
+
+
+def _rewrite_rule(
+    rule: Rule, from_node: YNode | None, to_node: YNode | None, node: YNode, what: str
+) -> Rule:
+    values: list[str] = []
+    for key, value_node in (("from", from_node), ("to", to_node)):
+        if value_node is None:
+            node.fail(f"missing required key {key!r} in {what} (action rewrite_mailbox)")
+        values.append(_mailbox_name(value_node, f"{what}.{key}"))
+    source, target = values
+    if source == target:
+        assert to_node is not None
+        to_node.fail(f"'from' and 'to' are both {source!r}; the rule would change nothing")
+    return Rule(rule.name, rule.action, from_=source, to=target, location=rule.location)
+
+
+def _mailbox_name(node: YNode, what: str) -> str:
+    name = node.as_str(what)
+    if any(ch in name for ch in "\r\n\x00"):
+        node.fail(f"{what} must not contain control characters")
+    if any(ch in name for ch in "*%"):
+        node.fail(f"{what} must be a mailbox name, not a pattern ('*' and '%' are LIST wildcards)")
+    if name.startswith("/") or name.endswith("/"):
+        node.fail(f"{what} must not start or end with the hierarchy delimiter '/'")
+    try:
+        name.encode("utf-16-be")
+    except UnicodeEncodeError:
+        node.fail(f"{what} contains an unpaired surrogate")
+    return name
+
+
+def _parse_when(node: YNode, what: str) -> When:
+    mapping = node.as_mapping(what)
+    mapping.check_keys(_WHEN_KEYS)
+    commands: list[str] = []
+    users: list[str] = []
+    mailboxes: list[str] = []
+    clients: list[Network] = []
+    direction: Direction | None = None
+    if (value := mapping.get("command")) is not None:
+        for item, text in value.as_str_list(f"{what}.command"):
+            if not is_known_command(text):
+                hint = closest(normalise_command_name(text), KNOWN_COMMANDS)
+                suffix = f"; did you mean {hint!r}?" if hint else ""
+                item.fail(f"unknown IMAP command {text!r} in {what}.command{suffix}")
+            name = normalise_command_name(text)
+            if name not in commands:
+                commands.append(name)
+    for key, globs in (("user", users), ("mailbox", mailboxes)):
+        if (value := mapping.get(key)) is not None:
+            for item, text in value.as_str_list(f"{what}.{key}"):
+                reason = glob_error(text)
+                if reason is not None:
+                    item.fail(f"invalid glob {text!r} in {what}.{key}: {reason}")
+                globs.append(text)
+    if (value := mapping.get("client")) is not None:
+        for item, text in value.as_str_list(f"{what}.client"):
+            clients.append(_network(item, text, f"{what}.client"))
+    if (value := mapping.get("direction")) is not None:
+        direction = cast(Direction, value.as_choice("direction", ("client", "server")))
+    for key in mapping:
+        if mapping.get(key) is None:
+            mapping.key_node(key).fail(f"{what}.{key} is empty; remove it or give a value")
+    return When(tuple(commands), tuple(users), tuple(mailboxes), tuple(clients), direction)
+
+
+def _network(node: YNode, text: str, what: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            node.fail(f"invalid CIDR {text!r} in {what}: {exc}")
+        node.fail(f"invalid CIDR {text!r} in {what}: host bits set (did you mean '{loose}'?)")
