@@ -22,7 +22,8 @@ parser is paused, so TCP backpressure holds the client.
 
 State transitions (``line`` = a complete line; ``lit`` = it announces a literal):
 
-    COMMAND         line, no lit  -> COMMAND (or WAIT_SERVER for AUTHENTICATE/IDLE/STARTTLS/COMPRESS)
+    COMMAND         line, no lit  -> COMMAND
+                    (WAIT_SERVER after AUTHENTICATE, IDLE, STARTTLS, COMPRESS)
     COMMAND         line, {n+}    -> LITERAL
     COMMAND         line, {n}     -> WAIT_CONTINUATION
     WAIT_CONTINUATION  +          -> LITERAL;   tagged answer -> COMMAND

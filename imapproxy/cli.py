@@ -1,0 +1,193 @@
+"""Command line: ``imapproxy [run] ...``, ``imapproxy check``, ``imapproxy demo``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from . import __version__, logs
+from .config import Address, Config, ConfigError, MetricsConfig, Upstream, check_config, load_config
+from .listener import Proxy, reloader
+from .logs import log_event
+from .telemetry import Telemetry
+
+log = logging.getLogger("imapproxy")
+
+
+def _address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _run_parser(prog: str = "imapproxy") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Transparent IMAP proxy and traffic inspector.",
+        epilog="Other commands: 'imapproxy check --config FILE', 'imapproxy demo'.",
+    )
+    p.add_argument("--upstream", type=_address, help="mail server HOST:PORT (overrides config)")
+    p.add_argument(
+        "--listen", type=_address, help="client listener HOST:PORT (default 0.0.0.0:143)"
+    )
+    p.add_argument("--config", type=Path, help="YAML config file")
+    p.add_argument(
+        "--metrics", help="Prometheus exporter HOST:PORT, or 'off' (default 127.0.0.1:9143)"
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "text"])
+    p.add_argument("--version", action="version", version=f"imapproxy {__version__}")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> Callable[[Config], Config]:
+    """Command-line flags win over the file, on start and on every reload."""
+
+    def apply(cfg: Config) -> Config:
+        if args.upstream is not None:
+            up = cfg.upstream or Upstream(address=args.upstream)
+            cfg = dataclasses.replace(cfg, upstream=dataclasses.replace(up, address=args.upstream))
+        if args.listen is not None:
+            cfg = dataclasses.replace(cfg, listen=args.listen)
+        if args.metrics is not None:
+            addr = None if args.metrics == "off" else _address(args.metrics)
+            cfg = dataclasses.replace(cfg, metrics=MetricsConfig(address=addr))
+        log_cfg = cfg.log
+        if args.log_level:
+            log_cfg = dataclasses.replace(log_cfg, level=args.log_level)
+        if args.log_format:
+            log_cfg = dataclasses.replace(log_cfg, format=args.log_format)
+        return dataclasses.replace(cfg, log=log_cfg)
+
+    return apply
+
+
+def run(argv: Sequence[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    apply = _overrides(args)
+    try:
+        cfg = apply(load_config(args.config) if args.config else Config())
+    except ConfigError as exc:
+        print(f"imapproxy: {exc}", file=sys.stderr)
+        return 2
+    if cfg.upstream is None:
+        print(
+            "imapproxy: no upstream: give --upstream HOST:PORT or 'upstream:' in the config "
+            "(or try 'imapproxy demo')",
+            file=sys.stderr,
+        )
+        return 2
+    logs.configure(cfg.log.level, cfg.log.format, cfg.log.file)
+    reload = reloader(args.config, apply) if args.config else None
+    return serve(cfg, reload)
+
+
+def serve(
+    cfg: Config,
+    reload: Callable[[], Config] | None,
+    *,
+    banner: Callable[[Proxy], str] | None = None,
+) -> int:
+    telemetry = Telemetry(_start_metrics(cfg))
+    proxy = Proxy(cfg, telemetry, reload_config=reload)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            if banner is not None:
+                print(banner(proxy), flush=True)
+
+    try:
+        trio.run(main)
+    except OSError as exc:  # e.g. the listen port is taken or needs privileges
+        log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
+        print(f"imapproxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _start_metrics(cfg: Config) -> object | None:
+    if cfg.metrics.address is None:
+        return None
+    from .metrics import Metrics  # noqa: PLC0415 - the only prometheus_client importer
+
+    metrics = Metrics()
+    metrics.serve(cfg.metrics.address.host, cfg.metrics.address.port)
+    return metrics
+
+
+def check(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="imapproxy check", description="Validate a config file.")
+    p.add_argument("--config", type=Path, required=True)
+    args = p.parse_args(argv)
+    problem = check_config(args.config)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK")
+    return 0
+
+
+def demo(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="imapproxy demo",
+        description="Start a throwaway local Dovecot with a demo user and proxy to it.",
+    )
+    p.add_argument("--listen", type=_address, default=Address("127.0.0.1", 1143))
+    p.add_argument("--metrics", type=_address, default=Address("127.0.0.1", 9143))
+    p.add_argument(
+        "--config", type=Path, help="rules and settings to apply (upstream is the demo's)"
+    )
+    args = p.parse_args(argv)
+    from .demo import demo_banner, start_demo_upstream  # noqa: PLC0415
+
+    try:
+        base = load_config(args.config) if args.config else Config()
+    except ConfigError as exc:
+        print(f"imapproxy: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="imapproxy-demo-") as tmp:
+        dovecot = start_demo_upstream(Path(tmp))
+        try:
+            up = Address(*dovecot.address)
+            cfg = dataclasses.replace(
+                base,
+                listen=args.listen,
+                upstream=Upstream(address=up),
+                metrics=MetricsConfig(address=args.metrics),
+            )
+            logs.configure(cfg.log.level, "text")
+
+            def banner(proxy: Proxy) -> str:
+                return demo_banner(proxy.bound[0], _pair(cfg.metrics.address), dovecot.address)
+
+            return serve(cfg, None, banner=banner)
+        finally:
+            dovecot.stop()
+
+
+def _pair(addr: Address | None) -> tuple[str, int] | None:
+    return None if addr is None else (addr.host, addr.port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "check":
+        return check(argv[1:])
+    if argv and argv[0] == "demo":
+        return demo(argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

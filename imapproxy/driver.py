@@ -1,0 +1,296 @@
+"""The trio side of one session: sockets in, ``Session`` decisions out, nothing else.
+
+One nursery per session with one pump task per direction. Each pump reads, hands the bytes
+to the pure ``Session`` and executes the ``Output``: one write per destination (all pieces
+joined), then TLS or close. Both pumps may write to the same side (a blocked command is
+answered from the client pump, responses from the upstream pump), so each side has a FIFO
+send lock. The client pump stops reading while the client parser is paused (see
+``wire.client``) and the upstream pump wakes it when a server answer resumes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from .actions import CommandBlocked, CommandDone, LoginDone, Output, ProtocolIssue, RuleHit
+from .logs import log_event
+from .session import Session, SessionSettings
+from .telemetry import Telemetry
+
+log = logging.getLogger("imapproxy.session")
+
+RECEIVE_SIZE = 256 * 1024
+_session_ids = itertools.count(1)
+
+# Errors that mean "this connection is gone", not "the proxy has a bug".
+CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+UpstreamConnector = Callable[[], Awaitable[trio.abc.Stream]]
+ClientTLSStarter = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
+
+
+@dataclass
+class SessionContext:
+    """What a session needs from the process: settings, connectors, observers."""
+
+    settings: SessionSettings
+    connect_upstream: UpstreamConnector
+    telemetry: Telemetry
+    listener: str = "plain"
+    connect_timeout: float = 10.0
+    idle_timeout: float = 1860.0  # IDLE clients re-issue IDLE every <= 29 minutes
+    start_client_tls: ClientTLSStarter | None = None
+    extra_log: dict[str, object] = field(default_factory=dict)
+
+
+class _SessionOver(Exception):
+    pass
+
+
+class SessionDriver:
+    def __init__(self, ctx: SessionContext, client: trio.abc.Stream, peer: str) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.peer = peer
+        self.id = next(_session_ids)
+        self.session = Session(ctx.settings)
+        self.upstream: trio.abc.Stream | None = None
+        self.bytes_up = 0  # client -> upstream
+        self.bytes_down = 0  # upstream -> client
+        self.close_reason = "unknown"
+        self._client_lock = trio.StrictFIFOLock()
+        self._upstream_lock = trio.StrictFIFOLock()
+        self._resume = trio.Event()
+        self._idle_scope = trio.CancelScope()
+        self._tls_info: dict[str, object] = {}
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def run(self) -> None:
+        started = time.monotonic()
+        tel = self.ctx.telemetry
+        tel.session_opened(self.ctx.listener)
+        try:
+            if await self._connect():
+                await self._pump_both()
+        except Exception:  # a bug must end this session only, with a traceback to fix it
+            self.close_reason = "internal error"
+            log.exception("session %d failed", self.id)
+        finally:
+            for note in self.session.abandon():
+                tel.command_done(note)
+            with trio.CancelScope(shield=True):
+                await self._close_streams()
+            duration = time.monotonic() - started
+            tel.session_closed(duration)
+            log_event(
+                log,
+                "session_closed",
+                session=self.id,
+                client=self.peer,
+                user=self.session.user,
+                bytes_in=self.bytes_up,
+                bytes_out=self.bytes_down,
+                duration=round(duration, 3),
+                reason=self.close_reason,
+                **self._tls_info,
+            )
+
+    async def _connect(self) -> bool:
+        tel = self.ctx.telemetry
+        t0 = time.monotonic()
+        reason = "connect_timeout"
+        with trio.move_on_after(self.ctx.connect_timeout):
+            try:
+                self.upstream = await self.ctx.connect_upstream()
+            except OSError as exc:
+                reason = "connect_refused"
+                detail = str(exc)
+            except UpstreamTLSError as exc:
+                reason = "tls"
+                detail = str(exc)
+            else:
+                tel.upstream_connected(time.monotonic() - t0)
+                log_event(log, "session_opened", session=self.id, client=self.peer)
+                return True
+        if reason == "connect_timeout":
+            detail = f"no answer within {self.ctx.connect_timeout:g}s"
+        tel.upstream_error(reason)
+        self.close_reason = f"upstream unavailable: {reason}"
+        log_event(
+            log,
+            "upstream_unavailable",
+            session=self.id,
+            client=self.peer,
+            reason=reason,
+            detail=detail,
+            level=logging.WARNING,
+        )
+        with trio.move_on_after(5):
+            try:
+                await self.client.send_all(b"* BYE [UNAVAILABLE] Mail server unavailable\r\n")
+            except CONNECTION_ERRORS:
+                pass
+        return False
+
+    async def _pump_both(self) -> None:
+        self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout
+        with self._idle_scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump_client)
+                    nursery.start_soon(self._pump_upstream)
+            except* _SessionOver:
+                pass  # one pump decided the session is over; the nursery cancelled the other
+        if self._idle_scope.cancelled_caught and self.close_reason == "unknown":
+            self.close_reason = "idle timeout"
+            with trio.move_on_after(5):
+                try:
+                    await self.client.send_all(b"* BYE Idle timeout\r\n")
+                except CONNECTION_ERRORS:
+                    pass
+
+    async def _close_streams(self) -> None:
+        for stream in (self.client, self.upstream):
+            if stream is not None:
+                with trio.move_on_after(2):
+                    try:
+                        await stream.aclose()
+                    except CONNECTION_ERRORS:
+                        pass
+
+    # --- pumps -----------------------------------------------------------------------
+    async def _pump_client(self) -> None:
+        session = self.session
+        while True:
+            while session.client_paused:
+                self._resume = trio.Event()
+                await self._resume.wait()
+            try:
+                # self.client, not a local: STARTTLS replaces it with the TLS stream.
+                data = await self.client.receive_some(RECEIVE_SIZE)
+            except CONNECTION_ERRORS:
+                data = b""
+            self._touch()
+            await self._execute(session.client_data(data))
+
+    async def _pump_upstream(self) -> None:
+        session = self.session
+        upstream = self.upstream
+        assert upstream is not None
+        while True:
+            try:
+                data = await upstream.receive_some(RECEIVE_SIZE)
+            except CONNECTION_ERRORS:
+                data = b""
+            self._touch()
+            out = session.server_data(data)
+            if not session.client_paused:
+                self._resume.set()
+            await self._execute(out)
+
+    def _touch(self) -> None:
+        self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout
+
+    # --- executing decisions -----------------------------------------------------------
+    async def _execute(self, out: Output) -> None:
+        if out.to_upstream and self.upstream is not None:
+            data = out.to_upstream[0] if len(out.to_upstream) == 1 else b"".join(out.to_upstream)
+            async with self._upstream_lock:
+                try:
+                    await self.upstream.send_all(data)
+                except CONNECTION_ERRORS:
+                    out.close = out.close or "upstream connection lost"
+            self.bytes_up += len(data)
+            self.ctx.telemetry.bytes_forwarded("client_to_upstream", len(data))
+        if out.to_client:
+            data = out.to_client[0] if len(out.to_client) == 1 else b"".join(out.to_client)
+            async with self._client_lock:
+                try:
+                    await self.client.send_all(data)
+                except CONNECTION_ERRORS:
+                    out.close = out.close or "client connection lost"
+            self.bytes_down += len(data)
+            self.ctx.telemetry.bytes_forwarded("upstream_to_client", len(data))
+        if out.notes:
+            self._observe(out)
+        if out.start_client_tls:
+            await self._start_client_tls()
+        if out.close is not None:
+            self.close_reason = out.close
+            raise _SessionOver
+
+    def _observe(self, out: Output) -> None:
+        tel = self.ctx.telemetry
+        for note in out.notes:
+            t = type(note)
+            if t is CommandDone:
+                tel.command_done(note)  # type: ignore[arg-type]
+                if note.log is not None:  # type: ignore[attr-defined]
+                    self._log_command(note)  # type: ignore[arg-type]
+            elif t is LoginDone:
+                tel.login(note)  # type: ignore[arg-type]
+            elif t is RuleHit:
+                tel.rule_matched(note)  # type: ignore[arg-type]
+            elif t is CommandBlocked:
+                tel.command_blocked(note)  # type: ignore[arg-type]
+            elif t is ProtocolIssue:
+                tel.protocol_error(note.side)  # type: ignore[attr-defined]
+                log_event(
+                    log,
+                    "protocol_error",
+                    session=self.id,
+                    client=self.peer,
+                    side=note.side,
+                    reason=note.reason,  # type: ignore[attr-defined]
+                    fatal=note.fatal,
+                    level=logging.WARNING,
+                )  # type: ignore[attr-defined]
+            else:
+                log_event(log, "response", session=self.id, line=getattr(note, "line", ""))
+
+    def _log_command(self, note: CommandDone) -> None:
+        log_event(
+            log,
+            "command",
+            session=self.id,
+            client=self.peer,
+            user=note.user,
+            tag=note.tag,
+            command=note.command,
+            mailbox=note.mailbox,
+            status=note.status,
+            code=note.code,
+            bytes_in=note.bytes_in,
+            duration=round(note.duration, 6) if math.isfinite(note.duration) else None,
+        )
+
+    async def _start_client_tls(self) -> None:
+        starter = self.ctx.start_client_tls
+        assert starter is not None, "session asked for TLS without a client TLS context"
+        try:
+            self.client = await starter(self.client)
+        except Exception as exc:  # handshake failures end this session only
+            self.ctx.telemetry.tls_handshake("client", "failed")
+            self.close_reason = f"client TLS handshake failed: {exc}"
+            raise _SessionOver from exc
+        self.ctx.telemetry.tls_handshake("client", "ok")
+        self._tls_info = tls_details(self.client)
+        await self._execute(self.session.client_tls_started())
+
+
+class UpstreamTLSError(Exception):
+    """The upstream leg could not be secured (no STARTTLS offered, handshake failed)."""
+
+
+def tls_details(stream: trio.abc.Stream) -> dict[str, object]:
+    if isinstance(stream, trio.SSLStream):
+        cipher = stream.cipher()
+        return {"tls_version": stream.version(), "tls_cipher": cipher[0] if cipher else None}
+    return {}

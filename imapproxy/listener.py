@@ -1,0 +1,212 @@
+"""The process: listeners, accept loops, signals, graceful shutdown and reload.
+
+SIGTERM/SIGINT: stop accepting, let sessions finish for ``limits.grace_period`` seconds,
+then cancel them (each says ``* BYE`` on the way out). SIGHUP: re-read the config file and
+swap in the new rules for new commands; a bad file keeps the old rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import logging
+import signal
+
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from . import logs, sdnotify
+from .config import Config, ConfigError, load_config
+from .driver import SessionContext, SessionDriver
+from .logs import log_event
+from .session import SessionSettings
+from .telemetry import Telemetry
+from .upstream import make_upstream_connector
+
+log = logging.getLogger("imapproxy")
+
+# accept() errors that mean "out of resources right now", not "the listener is broken".
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: Config,
+        telemetry: Telemetry,
+        *,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self._reload_config = reload_config
+        self.bound: list[tuple[str, int]] = []
+        self.active = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._stop = trio.Event()
+        self._settings = self._session_settings(config)
+
+    # --- configuration -----------------------------------------------------------------
+    def _session_settings(self, config: Config) -> SessionSettings:
+        from .policy import Policy, SessionFacts  # noqa: PLC0415 - keeps import cost off check
+
+        policy = Policy.compile(config.rules) if config.rules else None
+        client_tls = config.client_tls
+        return SessionSettings(
+            max_line=config.limits.max_line,
+            offer_starttls=client_tls is not None,
+            require_tls=client_tls is not None and client_tls.require,
+            policy=policy,
+            facts=SessionFacts if policy is not None else None,
+        )
+
+    def reload(self) -> bool:
+        """Re-read the config; True when the new rules are in force."""
+        if self._reload_config is None:
+            return False
+        sdnotify.reloading()
+        try:
+            new = self._reload_config()
+            settings = self._session_settings(new)
+        except ConfigError as exc:
+            log_event(log, "reload_failed", error=str(exc), level=logging.ERROR)
+            self.telemetry.config_reloaded(False)
+            sdnotify.ready()
+            return False
+        self.config = dataclasses.replace(new, listen=self.config.listen)
+        self._settings = settings
+        logs.reopen()
+        self.telemetry.config_reloaded(True)
+        log_event(log, "reloaded", rules=len(new.rules))
+        sdnotify.ready()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- serving -----------------------------------------------------------------------
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cfg = self.config
+        listeners = await trio.open_tcp_listeners(cfg.listen.port, host=cfg.listen.host)
+        named: list[tuple[trio.SocketListener, str]] = [(lst, "plain") for lst in listeners]
+        if cfg.listen_tls is not None:
+            from .tls import tls_listeners  # noqa: PLC0415
+
+            named += [(lst, "tls") for lst in await tls_listeners(cfg.listen_tls, cfg.client_tls)]
+        self.bound = [_sockname(lst) for lst, _ in named]
+        log_event(
+            log,
+            "listening",
+            addresses=[f"{h}:{p}" for h, p in self.bound],
+            upstream=f"{cfg.upstream.address.host}:{cfg.upstream.address.port}"
+            if cfg.upstream
+            else None,
+            rules=len(cfg.rules),
+        )
+        task_status.started(self.bound)
+        sdnotify.ready()
+        async with trio.open_nursery() as sessions:
+            async with trio.open_nursery() as accepting:
+                for lst, name in named:
+                    accepting.start_soon(self._accept_loop, lst, name, sessions)
+                accepting.start_soon(self._watch_signals)
+                await self._stop.wait()
+                accepting.cancel_scope.cancel()
+            for lst, _ in named:
+                await lst.aclose()
+            sdnotify.stopping()
+            log_event(
+                log, "stopping", active_sessions=self.active, grace_period=cfg.limits.grace_period
+            )
+            with trio.move_on_after(cfg.limits.grace_period):
+                await self._idle.wait()
+            sessions.cancel_scope.cancel()
+        log_event(log, "stopped")
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    self.stop()
+                    return
+
+    async def _accept_loop(
+        self, listener: trio.SocketListener, name: str, sessions: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                log_event(log, "accept_failed", error=str(exc), level=logging.ERROR)
+                await trio.sleep(0.1)  # as trio.serve_listeners does: back off, keep serving
+                continue
+            sessions.start_soon(self._handle, stream, name)
+
+    async def _handle(self, stream: trio.SocketStream, listener: str) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            await stream.aclose()
+            return
+        if self.active >= self.config.limits.max_sessions:
+            with trio.move_on_after(2):
+                try:
+                    await stream.send_all(b"* BYE [UNAVAILABLE] Too many connections\r\n")
+                    await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+            return
+        self.active += 1
+        self._idle = trio.Event() if self.active == 1 else self._idle
+        try:
+            ctx = self._context(host, listener)
+            await SessionDriver(ctx, stream, f"{host}:{port}").run()
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    def _context(self, host: str, listener: str) -> SessionContext:
+        cfg = self.config
+        assert cfg.upstream is not None
+        settings = dataclasses.replace(
+            self._settings,
+            client_ip=ipaddress.ip_address(host.split("%", 1)[0]),
+            client_tls_active=listener == "tls",
+        )
+        start_tls = None
+        if cfg.client_tls is not None:
+            from .tls import client_starttls  # noqa: PLC0415
+
+            start_tls = client_starttls(cfg.client_tls)
+        return SessionContext(
+            settings=settings,
+            connect_upstream=make_upstream_connector(cfg.upstream, self.telemetry),
+            telemetry=self.telemetry,
+            listener=listener,
+            connect_timeout=cfg.upstream.connect_timeout,
+            idle_timeout=cfg.limits.idle_timeout,
+            start_client_tls=start_tls,
+        )
+
+
+def _sockname(listener: trio.SocketListener) -> tuple[str, int]:
+    name = listener.socket.getsockname()
+    return str(name[0]), int(name[1])
+
+
+def reloader(path: Path, overrides: Callable[[Config], Config]) -> Callable[[], Config]:
+    return lambda: overrides(load_config(path))
+
+
+__all__ = ["Proxy", "reloader"]

@@ -1,0 +1,716 @@
+"""One proxied IMAP session as a pure state machine: bytes in, decisions (``Output``) out.
+
+Theory of operation
+-------------------
+The session owns one parser per direction and is the only place that knows IMAP state:
+the user (once a login succeeds), the selected mailbox, the commands in flight, and the
+modes that couple the directions. It never touches sockets or trio; ``client_data`` and
+``server_data`` return what to send where, and what was observed.
+
+Forwarding is of original bytes. With no policy, every client byte reaches the upstream and
+every server byte reaches the client, except:
+
+* capability words the proxy cannot carry are filtered (see ``wire.capabilities``);
+* STARTTLS and COMPRESS from the client are answered by the proxy itself (relaying them
+  would let the stream leave the inspector's sight);
+* lines the client parser cannot classify are answered ``BAD`` by the proxy, not forwarded.
+
+Couplings between directions, all resolved here:
+
+* A paused client parser (sync literal, AUTHENTICATE, IDLE; see ``wire.client``) resumes on
+  the server's ``+`` or the tagged answer; buffered client bytes are then parsed at once.
+* Held commands: when a rule needs a command's arguments, its bytes are held (the proxy
+  answers the client's synchronising literals itself, up to ``max_line`` of payload) until
+  the command is complete or a large literal starts. The verdict then blocks it, or sends
+  it (maybe rewritten) upstream. Sync literals in held bytes need the upstream's ``+`` each:
+  the segments wait in ``_dance`` and those ``+`` are consumed, not relayed; client bytes
+  that follow wait behind them so nothing overtakes the held command.
+* Blocked commands are answered ``TAG NO [rule] message``; their remaining parts and
+  literal payload are read and discarded so the stream stays in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .actions import (
+    CommandBlocked,
+    CommandDone,
+    LoginDone,
+    Output,
+    ProtocolIssue,
+    ResponseLogged,
+    RuleHit,
+)
+from .sasl import login_user, sasl_user
+from .wire import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    ClientParser,
+    Command,
+    CommandPart,
+    IdleDone,
+    LiteralData,
+    LiteralHeader,
+    ProtocolError,
+    Response,
+    ResponseKind,
+    ResponsePart,
+    SaslResponse,
+    ServerParser,
+)
+from .wire.capabilities import CapabilityFilter
+from .wire.framing import literal_at_end
+from .wire.tokens import TokenError, parse_command
+
+MAX_CONSECUTIVE_BAD = 10
+# Commands whose arguments the session reads for itself (user, selected mailbox).
+_OBSERVED = frozenset({"LOGIN", "SELECT", "EXAMINE"})
+_DESELECTING = frozenset({"CLOSE", "UNSELECT"})
+
+
+# --- the policy seam (implemented by imapproxy.policy.Policy) --------------------------
+class VerdictLike(Protocol):
+    @property
+    def block(self) -> tuple[str, str] | None: ...
+    @property
+    def rewritten(self) -> bytes | None: ...
+    @property
+    def log(self) -> str | None: ...
+    @property
+    def matched(self) -> tuple[tuple[str, str], ...]: ...
+
+
+class PolicyLike(Protocol):
+    def needs_arguments(self, command: str) -> bool: ...
+    def decide(self, facts: object, command: str, raw: bytes, complete: bool) -> VerdictLike: ...
+    def rewrites_responses(self) -> bool: ...
+    def rewrite_response(self, raw: bytes) -> bytes | None: ...
+
+
+FactsFactory = Callable[
+    [ipaddress.IPv4Address | ipaddress.IPv6Address, str | None, str | None], object
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("127.0.0.1")
+    max_line: int = 64 * 1024
+    offer_starttls: bool = False  # the proxy performs STARTTLS with clients itself
+    require_tls: bool = False  # refuse LOGIN/AUTHENTICATE until the client leg is TLS
+    client_tls_active: bool = False  # the client connected over implicit TLS
+    policy: PolicyLike | None = None
+    facts: FactsFactory | None = None  # builds the policy's SessionFacts
+    hide_capabilities: frozenset[bytes] = frozenset({b"STARTTLS", b"LOGINDISABLED"})
+
+
+class _Command:
+    """A command in flight (read from the client, not yet answered)."""
+
+    __slots__ = (
+        "answered",
+        "bytes_in",
+        "capture",
+        "log",
+        "mailbox",
+        "mechanism",
+        "name",
+        "start",
+        "tag",
+        "user",
+    )
+
+    def __init__(self, tag: bytes, name: str, start: float) -> None:
+        self.tag = tag
+        self.name = name
+        self.start = start
+        self.bytes_in = 0
+        self.capture: list[bytes] | None = None  # observed bytes (small commands only)
+        self.mailbox: str | None = None
+        self.user: str | None = None
+        self.mechanism: str | None = None
+        self.log: str | None = None
+        self.answered = False  # the proxy answered it; swallow the upstream's answer
+
+
+class Session:
+    def __init__(self, settings: SessionSettings, clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self._clock = clock
+        self.client = ClientParser(settings.max_line)
+        self.server = ServerParser(settings.max_line)
+        self.user: str | None = None
+        self.selected: str | None = None
+        self.client_tls = settings.client_tls_active
+        self.closed: str | None = None
+        self._out = Output()
+        self._pending: dict[bytes, _Command] = {}
+        self._current: _Command | None = None  # the command being read from the client
+        self._discarding = False  # drop the rest of the current command (blocked / bad)
+        self._held: list[bytes] | None = None  # bytes of a command held for a verdict
+        self._held_payload = 0
+        self._dance: deque[bytes] = deque()  # held segments waiting for upstream "+"
+        self._dance_tag = b""
+        self._after_dance: list[bytes] = []  # client bytes that must not overtake them
+        self._greeted = False
+        self._server_bye = False
+        self._bad_streak = 0
+        self._response_hold: list[bytes] | None = None  # an untagged response to rewrite
+        self._caps = self._capability_filter()
+
+    # === public API ====================================================================
+    @property
+    def client_paused(self) -> bool:
+        return self.client.paused
+
+    def client_data(self, data: bytes) -> Output:
+        """Feed bytes from the client (``b""``: the client closed)."""
+        self.client.receive_data(data)
+        self._drain_client()
+        return self._take()
+
+    def server_data(self, data: bytes) -> Output:
+        """Feed bytes from the upstream (``b""``: the upstream closed)."""
+        self.server.receive_data(data)
+        self._drain_server()
+        return self._take()
+
+    def client_tls_started(self) -> Output:
+        """The driver finished the client-side TLS handshake after STARTTLS."""
+        self.client_tls = True
+        self._caps = self._capability_filter()
+        self._drain_client()
+        return self._take()
+
+    def pending_commands(self) -> int:
+        return len(self._pending)
+
+    def abandon(self) -> list[CommandDone]:
+        """Commands still in flight when the session ends, as observations."""
+        now = self._clock()
+        done = [self._done_note(c, "none", None, now) for c in self._pending.values()]
+        self._pending.clear()
+        return done
+
+    # === client direction ==============================================================
+    def _drain_client(self) -> None:
+        parser = self.client
+        while self.closed is None:
+            try:
+                ev = parser.next_event()
+            except ProtocolError as exc:
+                self._client_error(exc)
+                continue
+            if ev is NEED_DATA or ev is PAUSED:
+                return
+            if ev is CLOSED:
+                self._close("client closed the connection")
+                return
+            t = type(ev)
+            if t is LiteralData:
+                self._client_payload(ev.data)  # type: ignore[union-attr]
+            elif t is Command:
+                self._on_command(ev)  # type: ignore[arg-type]
+            elif t is CommandPart:
+                self._on_command_part(ev)  # type: ignore[arg-type]
+            elif t is SaslResponse:
+                self._on_sasl(ev)  # type: ignore[arg-type]
+            elif t is IdleDone:
+                self._to_upstream(ev.raw)  # type: ignore[union-attr]
+
+    def _on_command(self, ev: Command) -> None:
+        self._bad_streak = 0
+        cmd = _Command(ev.tag, ev.name, self._clock())
+        cmd.bytes_in = len(ev.raw)
+        self._current = cmd
+        name = ev.name
+        if name == "STARTTLS" or name == "COMPRESS":
+            self._answer_locally_special(cmd)
+            return
+        if self.settings.require_tls and not self.client_tls and name in ("LOGIN", "AUTHENTICATE"):
+            self._refuse(cmd, ev.literal, b"NO [PRIVACYREQUIRED] Use STARTTLS first")
+            return
+        if name == "AUTHENTICATE":
+            self._start_authenticate(cmd, ev.raw)
+        policy = self.settings.policy
+        if policy is not None and policy.needs_arguments(name):
+            self._held = [ev.raw]
+            self._held_payload = 0
+            if ev.literal is None:
+                self._release_held(complete=True)
+            else:
+                self._hold_literal(ev.literal)
+            return
+        if name in _OBSERVED:
+            cmd.capture = [ev.raw]
+        if policy is not None:
+            verdict = policy.decide(self._facts(), name, ev.raw, ev.literal is None)
+            if self._apply_verdict(cmd, verdict, ev.literal):
+                return
+            raw = verdict.rewritten if verdict.rewritten is not None else ev.raw
+        else:
+            raw = ev.raw
+        self._pending[ev.tag] = cmd
+        self._to_upstream(raw)
+        if ev.literal is None:
+            self._end_command()
+
+    def _on_command_part(self, ev: CommandPart) -> None:
+        cmd = self._current
+        if cmd is not None:
+            cmd.bytes_in += len(ev.raw)
+        if self._discarding:
+            if ev.literal is None or ev.literal.sync:
+                # A sync literal of a discarded command is never sent: the client already
+                # has its tagged answer. Either way the discarded command ends here.
+                if cmd is not None:
+                    self.client.command_finished(cmd.tag)
+                self._end_command()
+            return
+        if self._held is not None:
+            self._held.append(ev.raw)
+            if ev.literal is None:
+                self._release_held(complete=True)
+            else:
+                self._hold_literal(ev.literal)
+            return
+        if cmd is not None and cmd.capture is not None:
+            self._capture(cmd, ev.raw)
+        self._to_upstream(ev.raw)
+        if ev.literal is None:
+            self._end_command()
+
+    def _client_payload(self, data: bytes) -> None:
+        cmd = self._current
+        if cmd is not None:
+            cmd.bytes_in += len(data)
+        if self._discarding:
+            return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        if cmd is not None and cmd.capture is not None:
+            self._capture(cmd, data)
+        self._to_upstream(data)
+
+    def _on_sasl(self, ev: SaslResponse) -> None:
+        cmd = self._current
+        if cmd is not None and cmd.user is None and cmd.mechanism is not None:
+            cmd.user = sasl_user(cmd.mechanism, ev.raw)
+            if cmd.user is not None and self._login_blocked(cmd):
+                # The upstream is mid-exchange: cancel it (RFC 9051 6.2.2) and swallow its
+                # answer; the client already has ours.
+                self._to_upstream(b"*\r\n")
+                return
+        self._to_upstream(ev.raw)
+
+    def _start_authenticate(self, cmd: _Command, raw: bytes) -> None:
+        words = raw.split(None, 3)
+        cmd.mechanism = words[2].decode("ascii", "replace").upper() if len(words) > 2 else "?"
+        if len(words) > 3 and words[3].strip() != b"=":  # SASL-IR initial response
+            cmd.user = sasl_user(cmd.mechanism, words[3])
+
+    def _end_command(self) -> None:
+        cmd = self._current
+        self._current = None
+        self._discarding = False
+        if cmd is None or cmd.capture is None:
+            return
+        raw = b"".join(cmd.capture)
+        cmd.capture = None
+        if cmd.name == "LOGIN":
+            cmd.user = login_user(raw)
+        else:  # SELECT / EXAMINE
+            try:
+                args = parse_command(raw).args
+            except TokenError:
+                return
+            value = args[0].astring() if args else None
+            cmd.mailbox = value.decode("utf-8", "replace") if value is not None else None
+
+    def _capture(self, cmd: _Command, data: bytes) -> None:
+        assert cmd.capture is not None
+        cmd.capture.append(data)
+        if cmd.bytes_in > self.settings.max_line:
+            cmd.capture = None  # too big to be a name: stop observing, keep forwarding
+
+    # --- held commands (policy needs the arguments) -----------------------------------
+    def _hold_literal(self, literal: LiteralHeader) -> None:
+        self._held_payload += literal.size
+        if self._held_payload > self.settings.max_line:
+            # A large literal (APPEND's message): decide on what came before it and stream
+            # the payload; its "+" (if sync) will come from the upstream.
+            self._release_held(complete=False)
+        elif literal.sync:
+            self._out.to_client.append(b"+ Ready for literal data\r\n")
+            self.client.continuation_received()
+
+    def _release_held(self, complete: bool) -> None:
+        cmd = self._current
+        held = self._held
+        assert cmd is not None and held is not None
+        self._held = None
+        raw = b"".join(held)
+        policy = self.settings.policy
+        assert policy is not None
+        if cmd.name in _OBSERVED and complete:
+            cmd.capture = [raw]
+        verdict = policy.decide(self._facts_with_login(cmd, raw), cmd.name, raw, complete)
+        last_literal = literal_at_end(raw) if not complete else None
+        if self._apply_verdict(cmd, verdict, last_literal):
+            return
+        if verdict.rewritten is not None:
+            raw = verdict.rewritten
+        self._pending[cmd.tag] = cmd
+        self._send_segmented(cmd.tag, raw, live_tail=not complete)
+        if complete:
+            self._end_command()
+
+    def _send_segmented(self, tag: bytes, raw: bytes, *, live_tail: bool) -> None:
+        """Send held command bytes upstream, cut after each sync literal announcement.
+
+        With ``live_tail``, the last announcement is the live literal the client is about
+        to stream; its ``+`` belongs to the client, so it ends the last segment unqueued.
+        """
+        segments = _split_at_sync_literals(raw)
+        self._to_upstream(segments[0])
+        rest = segments[1:]
+        if live_tail and rest and not rest[-1]:
+            rest = rest[:-1]
+        if rest:
+            self._dance.extend(rest)
+            self._dance_tag = tag
+
+    def _apply_verdict(
+        self, cmd: _Command, verdict: VerdictLike, literal: LiteralHeader | None
+    ) -> bool:
+        """Record a verdict; True when it blocked the command (already answered)."""
+        out = self._out
+        for rule, action in verdict.matched:
+            out.notes.append(RuleHit(rule, action))
+        cmd.log = verdict.log
+        if verdict.block is None:
+            return False
+        rule, message = verdict.block
+        out.notes.append(CommandBlocked(rule, cmd.name))
+        if cmd.name in ("LOGIN", "AUTHENTICATE"):
+            out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
+        code = rule if _is_atom(rule) else "POLICY"
+        self._refuse(cmd, literal, b"NO [%s] %s" % (code.encode(), message.encode()))
+        return True
+
+    def _refuse(self, cmd: _Command, literal: LiteralHeader | None, text: bytes) -> None:
+        """Answer ``cmd`` ourselves and drop whatever the client still sends for it."""
+        self._answer(cmd, text)
+        if literal is not None and not literal.sync:
+            self._discarding = True  # its payload is on the way: read it, drop it
+        else:
+            self.client.command_finished(cmd.tag)
+            if literal is None:
+                self._end_command()
+            else:
+                self._current = None
+
+    def _answer(self, cmd: _Command, text: bytes) -> None:
+        self._out.to_client.append(cmd.tag + b" " + text + b"\r\n")
+        status = text.split(b" ", 1)[0].decode("ascii")
+        self._out.notes.append(self._done_note(cmd, status, None, self._clock()))
+
+    def _answer_locally_special(self, cmd: _Command) -> None:
+        if cmd.name == "COMPRESS":
+            self._answer(cmd, b"NO [CANNOT] COMPRESS is not available through this proxy")
+        elif self.settings.offer_starttls and not self.client_tls:
+            try:
+                self.client.start_tls()
+            except ProtocolError as exc:
+                self._fatal("client", exc.reason)
+                return
+            self._answer(cmd, b"OK Begin TLS negotiation now")
+            self._out.start_client_tls = True
+        elif self.client_tls:
+            self._answer(cmd, b"BAD TLS is already active")
+        else:
+            self._answer(cmd, b"BAD STARTTLS is not available")
+        self.client.command_finished(cmd.tag)
+        self._end_command()
+
+    def _login_blocked(self, cmd: _Command) -> bool:
+        policy = self.settings.policy
+        if policy is None:
+            return False
+        facts = self._make_facts(cmd.user, self.selected)
+        verdict = policy.decide(facts, cmd.name, b"", True)
+        if verdict.block is None:
+            return False
+        cmd.answered = True
+        self._pending.setdefault(cmd.tag, cmd)
+        rule, message = verdict.block
+        for r, a in verdict.matched:
+            self._out.notes.append(RuleHit(r, a))
+        self._out.notes.append(CommandBlocked(rule, cmd.name))
+        self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
+        code = rule if _is_atom(rule) else "POLICY"
+        self._out.to_client.append(cmd.tag + b" NO [%s] %s\r\n" % (code.encode(), message.encode()))
+        return True
+
+    def _client_error(self, exc: ProtocolError) -> None:
+        self._out.notes.append(ProtocolIssue("client", exc.reason, exc.fatal))
+        if exc.fatal:
+            self._fatal("client", exc.reason)
+            return
+        self._bad_streak += 1
+        tag = exc.tag if exc.tag is not None else b"*"
+        self._out.to_client.append(tag + b" BAD " + exc.reason.encode() + b"\r\n")
+        if self._bad_streak >= MAX_CONSECUTIVE_BAD:
+            self._out.to_client.append(b"* BYE Too many invalid commands\r\n")
+            self._close("too many invalid commands")
+
+    # === server direction ==============================================================
+    def _drain_server(self) -> None:
+        parser = self.server
+        resumed = False
+        while self.closed is None:
+            try:
+                ev = parser.next_event()
+            except ProtocolError as exc:
+                self._out.notes.append(ProtocolIssue("upstream", exc.reason, True))
+                self._fatal("upstream", exc.reason)
+                return
+            if ev is NEED_DATA:
+                break
+            if ev is CLOSED:
+                if not self._server_bye:
+                    self._out.to_client.append(
+                        b"* BYE [UNAVAILABLE] The mail server closed the connection\r\n"
+                    )
+                self._close("upstream closed the connection")
+                return
+            t = type(ev)
+            if t is LiteralData or t is ResponsePart:
+                raw = ev.data if t is LiteralData else ev.raw  # type: ignore[union-attr]
+                if self._response_hold is not None:
+                    self._hold_response_part(raw, ev)  # type: ignore[arg-type]
+                else:
+                    self._out.to_client.append(raw)
+            else:
+                resumed |= self._on_response(ev)  # type: ignore[arg-type]
+        if resumed and not self.client.paused:
+            self._drain_client()
+
+    def _on_response(self, ev: Response) -> bool:
+        """Handle a response's first line; True if it resumed the client parser."""
+        out = self._out
+        kind = ev.kind
+        if kind is ResponseKind.UNTAGGED:
+            self._on_untagged(ev)
+            return False
+        if kind is ResponseKind.CONTINUATION:
+            if self._dance:
+                self._to_upstream_now(self._dance.popleft())
+                if not self._dance:
+                    self._flush_after_dance()
+                return False
+            resumed = self.client.continuation_received()
+            out.to_client.append(ev.raw)
+            return resumed
+        if kind is ResponseKind.TAGGED:
+            return self._on_tagged(ev)
+        out.to_client.append(ev.raw)
+        return False
+
+    def _on_untagged(self, ev: Response) -> None:
+        raw = ev.raw
+        word = ev.word
+        if not self._greeted:
+            self._greeted = True
+            if word == "PREAUTH":
+                self.user = self.user or "(preauth)"
+            raw = self._caps.response_code(raw)
+        elif word == "CAPABILITY":
+            raw = self._caps.untagged(raw)
+        elif word == "OK" and b"[CAPABILITY" in raw[:20].upper():
+            raw = self._caps.response_code(raw)
+        elif word == "BYE":
+            self._server_bye = True
+        policy = self.settings.policy
+        if (
+            policy is not None
+            and word in ("LIST", "LSUB", "STATUS", "XLIST")
+            and not ev.partial
+            and policy.rewrites_responses()
+        ):
+            if ev.literal is None:
+                rewritten = policy.rewrite_response(raw)
+                raw = rewritten if rewritten is not None else raw
+            else:
+                self._response_hold = [raw]
+                return
+        self._maybe_log_response(raw)
+        self._out.to_client.append(raw)
+
+    def _hold_response_part(self, raw: bytes, ev: LiteralData | ResponsePart) -> None:
+        held = self._response_hold
+        assert held is not None
+        held.append(raw)
+        if type(ev) is ResponsePart and ev.literal is None and not ev.partial:  # type: ignore[union-attr]
+            self._response_hold = None
+            whole = b"".join(held)
+            policy = self.settings.policy
+            rewritten = policy.rewrite_response(whole) if policy is not None else None
+            self._out.to_client.append(rewritten if rewritten is not None else whole)
+        elif sum(len(p) for p in held) > self.settings.max_line:
+            self._response_hold = None  # too large to be a mailbox name: pass through as is
+            self._out.to_client.append(b"".join(held))
+
+    def _maybe_log_response(self, raw: bytes) -> None:
+        if any(c.log == "full" for c in self._pending.values()):
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            self._out.notes.append(ResponseLogged(line[:512]))
+
+    def _on_tagged(self, ev: Response) -> bool:
+        out = self._out
+        tag = ev.tag
+        cmd = self._pending.pop(tag, None)
+        if self._dance and tag == self._dance_tag:
+            self._dance.clear()  # the upstream refused the held command mid-way
+            self._flush_after_dance()
+        resumed = self.client.command_finished(tag)
+        if cmd is not None and cmd.answered:
+            return resumed  # the proxy answered the client already
+        status = ev.word
+        raw = ev.raw
+        code = _response_code(raw)
+        if status == "OK" and code == "CAPABILITY":
+            raw = self._caps.response_code(raw)
+        if cmd is not None:
+            self._after_completion(cmd, status)
+            out.notes.append(self._done_note(cmd, status, code, self._clock()))
+        out.to_client.append(raw)
+        return resumed
+
+    def _after_completion(self, cmd: _Command, status: str) -> None:
+        name = cmd.name
+        ok = status == "OK"
+        if name in ("LOGIN", "AUTHENTICATE"):
+            if ok:
+                self.user = cmd.user
+            self._out.notes.append(
+                LoginDone(cmd.mechanism or "LOGIN", "ok" if ok else "failed", cmd.user)
+            )
+        elif name in ("SELECT", "EXAMINE"):
+            # A failed SELECT leaves no mailbox selected (RFC 9051 6.3.2).
+            self.selected = cmd.mailbox if ok else None
+        elif name in _DESELECTING and ok:
+            self.selected = None
+
+    # === shared helpers ================================================================
+    def _to_upstream(self, data: bytes) -> None:
+        if self._dance:
+            self._after_dance.append(data)
+        else:
+            self._out.to_upstream.append(data)
+
+    def _to_upstream_now(self, data: bytes) -> None:
+        self._out.to_upstream.append(data)
+
+    def _flush_after_dance(self) -> None:
+        if self._after_dance:
+            self._out.to_upstream.extend(self._after_dance)
+            self._after_dance = []
+
+    def _done_note(self, cmd: _Command, status: str, code: str | None, now: float) -> CommandDone:
+        return CommandDone(
+            tag=cmd.tag.decode("ascii", "replace"),
+            command=cmd.name,
+            status=status,
+            code=code,
+            duration=now - cmd.start,
+            mailbox=cmd.mailbox if cmd.mailbox is not None else self.selected,
+            user=self.user if self.user is not None else cmd.user,
+            log=cmd.log,
+            bytes_in=cmd.bytes_in,
+            bytes_out=0,
+        )
+
+    def _facts(self) -> object:
+        return self._make_facts(self.user, self.selected)
+
+    def _facts_with_login(self, cmd: _Command, raw: bytes) -> object:
+        if cmd.name == "LOGIN" and self.user is None:
+            return self._make_facts(login_user(raw), self.selected)
+        return self._facts()
+
+    def _make_facts(self, user: str | None, selected: str | None) -> object:
+        factory = self.settings.facts
+        if factory is None:
+            return None
+        return factory(self.settings.client_ip, user, selected)
+
+    def _capability_filter(self) -> CapabilityFilter:
+        s = self.settings
+        add: list[bytes] = []
+        if s.offer_starttls and not self.client_tls:
+            add.append(b"STARTTLS")
+        if s.require_tls and not self.client_tls:
+            add.append(b"LOGINDISABLED")
+        return CapabilityFilter(s.hide_capabilities, add)
+
+    def _fatal(self, side: str, reason: str) -> None:
+        if side == "client":
+            self._out.to_client.append(b"* BYE " + reason.encode("ascii", "replace") + b"\r\n")
+        else:
+            self._out.to_client.append(b"* BYE [UNAVAILABLE] Mail server protocol error\r\n")
+        self._close(f"{side} protocol error: {reason}")
+
+    def _close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+            self._out.close = reason
+
+    def _take(self) -> Output:
+        out = self._out
+        self._out = Output()
+        return out
+
+
+def _split_at_sync_literals(raw: bytes) -> list[bytes]:
+    """Cut command bytes after every synchronising literal announcement."""
+    segments: list[bytes] = []
+    start = pos = 0
+    while pos < len(raw):
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            break
+        end = nl + 1
+        literal = literal_at_end(raw[pos:end])
+        pos = end
+        if literal is None:
+            continue
+        if literal.sync:
+            segments.append(raw[start:end])
+            start = end
+        pos = end + literal.size
+    segments.append(raw[start:])
+    return segments
+
+
+def _response_code(raw: bytes) -> str | None:
+    """The response code word of a status response, e.g. ``CAPABILITY`` or ``TRYCREATE``."""
+    lb = raw.find(b"[", 0, 64)
+    if lb < 0:
+        return None
+    end = lb + 1
+    while end < len(raw) and raw[end] not in b" ]\r\n":
+        end += 1
+    return raw[lb + 1 : end].decode("ascii", "replace").upper() or None
+
+
+def _is_atom(text: str) -> bool:
+    return bool(text) and all(c.isalnum() or c in "-_." for c in text)

@@ -1,0 +1,69 @@
+"""Turns session observations into metric updates; a no-op when metrics are disabled.
+
+The session and driver speak in ``actions.Note`` objects; only this adapter knows the
+``Metrics`` API, and only ``metrics.py`` knows prometheus_client.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .actions import CommandBlocked, CommandDone, LoginDone, RuleHit
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+
+class Telemetry:
+    __slots__ = ("_m",)
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self._m = metrics
+
+    def session_opened(self, listener: str) -> None:
+        if self._m is not None:
+            self._m.session_opened(listener)
+
+    def session_closed(self, duration: float) -> None:
+        if self._m is not None:
+            self._m.session_closed(duration)
+
+    def command_done(self, note: CommandDone) -> None:
+        if self._m is not None:
+            self._m.command_completed(note.command, note.status, note.duration)
+
+    def bytes_forwarded(self, direction: str, n: int) -> None:
+        if self._m is not None:
+            self._m.bytes_forwarded(direction, n)
+
+    def login(self, note: LoginDone) -> None:
+        if self._m is not None:
+            self._m.login(note.mechanism, note.result)
+
+    def rule_matched(self, note: RuleHit) -> None:
+        if self._m is not None:
+            self._m.rule_matched(note.rule, note.action)
+
+    def command_blocked(self, note: CommandBlocked) -> None:
+        if self._m is not None:
+            self._m.command_blocked(note.rule, note.command)
+
+    def upstream_connected(self, seconds: float) -> None:
+        if self._m is not None:
+            self._m.upstream_connected(seconds)
+
+    def upstream_error(self, reason: str) -> None:
+        if self._m is not None:
+            self._m.upstream_error(reason)
+
+    def protocol_error(self, side: str) -> None:
+        if self._m is not None:
+            self._m.protocol_error(side)
+
+    def tls_handshake(self, side: str, result: str) -> None:
+        if self._m is not None:
+            self._m.tls_handshake(side, result)
+
+    def config_reloaded(self, ok: bool) -> None:
+        if self._m is not None:
+            self._m.config_reloaded(ok)
