@@ -52,16 +52,20 @@ class Proxy:
 
     # --- configuration -----------------------------------------------------------------
     def _session_settings(self, config: Config) -> SessionSettings:
-        from .policy import Policy, SessionFacts  # noqa: PLC0415 - keeps import cost off check
+        policy = None
+        facts = None
+        if config.rules:
+            from .policy import Policy, SessionFacts  # noqa: PLC0415 - only when rules exist
 
-        policy = Policy.compile(config.rules) if config.rules else None
+            policy = Policy.compile(config.rules)
+            facts = SessionFacts
         client_tls = config.client_tls
         return SessionSettings(
             max_line=config.limits.max_line,
             offer_starttls=client_tls is not None,
             require_tls=client_tls is not None and client_tls.require,
             policy=policy,
-            facts=SessionFacts if policy is not None else None,
+            facts=facts,
         )
 
     def reload(self) -> bool:
