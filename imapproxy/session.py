@@ -55,6 +55,7 @@ from .wire import (
     ClientParser,
     Command,
     CommandPart,
+    EmptyLine,
     IdleDone,
     LiteralData,
     LiteralHeader,
@@ -222,7 +223,7 @@ class Session:
                 self._on_command_part(ev)  # type: ignore[arg-type]
             elif t is SaslResponse:
                 self._on_sasl(ev)  # type: ignore[arg-type]
-            elif t is IdleDone:
+            elif t is IdleDone or t is EmptyLine:
                 self._to_upstream(ev.raw)  # type: ignore[union-attr]
 
     def _on_command(self, ev: Command) -> None:

@@ -47,6 +47,7 @@ from .events import (
     ClientEvent,
     Command,
     CommandPart,
+    EmptyLine,
     IdleDone,
     LiteralData,
     LiteralHeader,
@@ -172,7 +173,9 @@ class ClientParser:
         self._state = _State.COMMAND  # IDLE_LINE: any line ends IDLE, as servers treat it
         return IdleDone(line)
 
-    def _command(self, line: bytes) -> Command:
+    def _command(self, line: bytes) -> Command | EmptyLine:
+        if line == b"\r\n" or line == b"\n":
+            return EmptyLine(line)
         m = _HEAD.match(line)
         if m is None:
             t = _TAG_ONLY.match(line)

@@ -69,6 +69,14 @@ class SaslResponse:
 
 
 @dataclass(slots=True)
+class EmptyLine:
+    """A bare CRLF between commands. Servers ignore it; it can carry no command, so it is
+    forwarded rather than answered."""
+
+    raw: bytes
+
+
+@dataclass(slots=True)
 class IdleDone:
     """The line that ends IDLE (normally ``DONE``)."""
 
@@ -110,5 +118,5 @@ class ResponsePart:
     partial: bool = False
 
 
-ClientEvent = Command | CommandPart | LiteralData | SaslResponse | IdleDone
+ClientEvent = Command | CommandPart | LiteralData | SaslResponse | IdleDone | EmptyLine
 ServerEvent = Response | ResponsePart | LiteralData

@@ -1,0 +1,67 @@
+"""End-to-end fixtures: the proxy running in-process (trio) in front of the real Dovecot."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from imapproxy.config import Address, Config, MetricsConfig, Upstream
+from imapproxy.dovecot import Dovecot
+from imapproxy.listener import Proxy
+from imapproxy.telemetry import Telemetry
+
+_accounts = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    password: str
+
+
+def new_account(dovecot: Dovecot) -> Account:
+    account = Account(f"e2e{next(_accounts)}", "pw-secret-123")
+    dovecot.add_user(account.name, account.password)
+    return account
+
+
+@dataclass
+class RunningProxy:
+    proxy: Proxy
+    address: tuple[str, int]
+
+
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def proxy_factory(nursery: trio.Nursery, dovecot: Dovecot) -> ProxyFactory:
+    """Start a proxy on a free loopback port; ``config`` fields not given default to a plain
+    pass-through in front of the test Dovecot. Stopped when the test ends."""
+
+    async def start(
+        config: Config | None = None, telemetry: Telemetry | None = None
+    ) -> RunningProxy:
+        cfg = config or Config()
+        upstream = cfg.upstream or Upstream(address=Address(*dovecot.address))
+        cfg = dataclasses.replace(
+            cfg,
+            listen=Address("127.0.0.1", 0),
+            upstream=upstream,
+            metrics=MetricsConfig(address=None),
+        )
+        proxy = Proxy(cfg, telemetry or Telemetry(None))
+        bound = await nursery.start(proxy.serve)
+        return RunningProxy(proxy, bound[0])
+
+    return start
+
+
+@pytest.fixture
+async def proxy(proxy_factory: ProxyFactory) -> RunningProxy:
+    return await proxy_factory()
