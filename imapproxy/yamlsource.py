@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 _TAG = "tag:yaml.org,2002:"
+# Scalars YAML turned into non-strings (143, yes, 1.5, null, 2024-01-01): quoting fixes them.
+_PLAIN_TAGS = frozenset(_TAG + t for t in ("int", "float", "bool", "null", "timestamp"))
 
 
 class ConfigError(ValueError):
@@ -57,7 +59,11 @@ def closest(word: str, choices: Collection[str]) -> str | None:
 
 
 def _quote(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    return _quote_plain(repr(value))
+
+
+def _quote_plain(value: object) -> str:
+    text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -103,7 +109,8 @@ class YNode:
 
     def as_str(self, what: str, *, allow_empty: bool = False) -> str:
         if not (isinstance(self.node, ScalarNode) and self.node.tag == _TAG + "str"):
-            hint = " (put it in quotes)" if isinstance(self.node, ScalarNode) else ""
+            plain = isinstance(self.node, ScalarNode) and self.node.tag in _PLAIN_TAGS
+            hint = " (put it in quotes)" if plain else ""
             self.fail(f"{what} must be a string, got {describe(self)}{hint}")
         value = str(self.node.value)
         if not value and not allow_empty:
@@ -239,6 +246,7 @@ def describe(node: YNode) -> str:
         return "a mapping"
     if isinstance(raw, SequenceNode):
         return "a list"
+    tag = str(raw.tag)
     kind = {
         "null": "null",
         "bool": "boolean",
@@ -246,8 +254,12 @@ def describe(node: YNode) -> str:
         "float": "number",
         "str": "string",
         "timestamp": "date",
-    }.get(str(raw.tag).removeprefix(_TAG), f"value tagged {raw.tag}")
-    return kind if kind == "null" else f"{kind} {_quote(raw.value)}"
+    }.get(tag.removeprefix(_TAG))
+    if kind is None:
+        return f"a value with the unsupported tag {tag.replace(_TAG, '!!')!r}"
+    if kind == "null":
+        return kind
+    return f"{kind} {_quote(raw.value) if kind == 'string' else _quote_plain(raw.value)}"
 
 
 def load_yaml(path: Path, file: str) -> YNode | None:

@@ -1,0 +1,468 @@
+"""The compiled policy the session consults for every client command and mailbox response.
+
+Semantics (rules are evaluated in file order; ``when`` keys are AND-ed):
+
+* ``log``: every matching log rule applies; the command is logged once, with the strongest
+  ``detail`` among them (``full`` beats ``command``) and the union of their directions.
+* ``block``: the *first* matching block rule answers the command (``TAG NO [...] message``);
+  later block rules are not consulted. Blocked commands are still logged by matching logs.
+* ``rewrite_mailbox``: all such rules form one mapping table (see ``mailboxes``); for each
+  name the longest matching prefix wins. A client name that is the upstream path of a
+  mapped folder is refused, an upstream name with no client form is hidden.
+
+``when.mailbox`` matches the decoded client-side names a command involves: its mailbox
+arguments (both for RENAME, the destination for COPY/MOVE) and, for commands that act on
+the selected mailbox (FETCH, STORE, EXPUNGE, MOVE, SEARCH, ...), the selected one. COPY
+only involves its destination: it leaves the source unchanged, so "no COPY into Archive"
+does not forbid copying out of it (block SELECT/EXAMINE to keep a mailbox unread).
+LIST/LSUB name patterns, not mailboxes, and are never matched by ``when.mailbox``.
+
+When a rule that blocks or rewrites depends on arguments the engine cannot parse, the
+command is refused rather than forwarded unchecked (fail closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from imapproxy.policy.mailboxes import MailboxMap, Mapped, decode_mailbox, decode_mutf7
+from imapproxy.policy.matchers import IPAddress, Matcher
+from imapproxy.policy.model import Rule
+from imapproxy.wire.commands import KNOWN_COMMANDS
+from imapproxy.wire.tokens import (
+    ParsedCommand,
+    Token,
+    TokenError,
+    TokenKind,
+    encode_astring,
+    parse_command,
+    tokenize,
+)
+
+__all__ = ["Policy", "SessionFacts", "Verdict"]
+
+# Argument positions of mailbox names in client commands.
+_FIRST = (0,)
+MAILBOX_ARGS: dict[str, tuple[int, ...]] = {
+    **dict.fromkeys(
+        (
+            "SELECT",
+            "EXAMINE",
+            "CREATE",
+            "DELETE",
+            "SUBSCRIBE",
+            "UNSUBSCRIBE",
+            "STATUS",
+            "APPEND",
+            "GETQUOTAROOT",
+            "MYRIGHTS",
+            "GETACL",
+            "SETACL",
+            "DELETEACL",
+            "LISTRIGHTS",
+            "SETMETADATA",
+            "GETMETADATA",  # shifted by one when options come first, see _mailbox_tokens
+        ),
+        _FIRST,
+    ),
+    "RENAME": (0, 1),
+    **dict.fromkeys(("COPY", "MOVE", "UID COPY", "UID MOVE", "REPLACE", "UID REPLACE"), (1,)),
+}
+LIST_COMMANDS = frozenset({"LIST", "LSUB", "XLIST"})
+REWRITE_COMMANDS = frozenset(MAILBOX_ARGS) | LIST_COMMANDS
+# Commands acting on the selected mailbox: when.mailbox also sees facts.selected.
+# COPY is absent on purpose: it leaves the source unchanged, so a glob on it means the
+# destination ("no COPY into Archive" must not forbid copying out of it).
+SELECTED_COMMANDS = frozenset(
+    {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "MOVE"}
+    | {"SORT", "THREAD", "REPLACE"}
+    | {name for name in KNOWN_COMMANDS if name.startswith("UID ") and name != "UID COPY"}
+)
+# Untagged responses carrying a mailbox name, and where: LIST-like ones after flags and
+# delimiter, the others first.
+_LIST_RESPONSES = frozenset({b"LIST", b"LSUB", b"XLIST"})
+_NAME_FIRST_RESPONSES = frozenset(
+    {b"STATUS", b"MYRIGHTS", b"ACL", b"LISTRIGHTS", b"METADATA", b"QUOTAROOT"}
+)
+_RESERVED_MESSAGE = "Mailbox name is reserved by policy"
+_UNPARSABLE_MESSAGE = "Command arguments could not be checked against policy"
+_TRAILING_LITERAL = re.compile(rb"~?\{\d+\+?\}\r?\n\Z")
+_LITERAL_HEADER = re.compile(rb"(~?)\{\d+(\+?)\}")
+_LIST_ATOM = re.compile(rb'[^\x00-\x20(){"\\\x7f-\xff]+\Z')  # list-char: atom + % * ]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    client_ip: IPAddress
+    user: str | None  # after a successful LOGIN/AUTHENTICATE (LOGIN: read from the command)
+    selected: str | None  # the selected mailbox as the client names it (decoded)
+    utf8: bool = False  # the client enabled UTF8=ACCEPT: names on the wire are UTF-8
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    block: tuple[str, str] | None  # (rule name, message): answer `TAG NO [...] message`
+    rewritten: bytes | None  # the command (or its prefix before a live literal), rewritten
+    log: str | None  # None | "command" | "full"
+    matched: tuple[tuple[str, str], ...]  # (rule name, action) of every rule that applied
+    log_direction: str = "both"  # "both" | "client" (command line only) | "server"
+
+
+_PASS = Verdict(None, None, None, ())
+
+
+class _Args:
+    """A command's parsed arguments, parsed at most once per decide()."""
+
+    __slots__ = ("cmd", "prefix_end")
+
+    def __init__(self, cmd: ParsedCommand | None, prefix_end: int) -> None:
+        self.cmd = cmd  # None: could not be parsed
+        self.prefix_end = prefix_end  # rewrites splice raw[:prefix_end]; the rest is kept
+
+
+def _parse(raw: bytes, complete: bool) -> _Args:
+    end = len(raw)
+    if not complete:
+        # Only up to a live literal (APPEND's message): parse what precedes its announcement.
+        m = _TRAILING_LITERAL.search(raw)
+        if m is not None:
+            end = m.start()
+    try:
+        return _Args(parse_command(raw[:end]), end)
+    except TokenError:
+        return _Args(None, end)
+
+
+class _Candidates:
+    """The non-rewrite rules that can apply to one command name, with what they need."""
+
+    __slots__ = ("matchers", "needs_args", "needs_mailbox", "strict_mailbox", "strict_user")
+
+    def __init__(self, command: str | None, matchers: Sequence[Matcher]) -> None:
+        self.matchers = tuple(matchers)
+        self.needs_mailbox = any(m.mailboxes is not None for m in matchers)
+        arg_mailbox = command in MAILBOX_ARGS
+        login = command == "LOGIN"
+        self.needs_args = (arg_mailbox and self.needs_mailbox) or (
+            login and any(m.users is not None for m in matchers)
+        )
+        # Unparsable arguments refuse the command only when a block rule depends on them.
+        blocks = [m for m in matchers if m.rule.action == "block"]
+        self.strict_mailbox = arg_mailbox and any(m.mailboxes is not None for m in blocks)
+        self.strict_user = login and any(m.users is not None for m in blocks)
+
+
+class Policy:
+    """Rules compiled for matching; shared by all sessions (only the delimiter is learned)."""
+
+    EMPTY: ClassVar[Policy]
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        matchers = [Matcher.compile(r) for r in rules if r.action != "rewrite_mailbox"]
+        self._generic = _Candidates(None, [m for m in matchers if not m.rule.when.command])
+        self._by_command = {
+            name: _Candidates(
+                name,
+                [m for m in matchers if not m.rule.when.command or name in m.rule.when.command],
+            )
+            for name in KNOWN_COMMANDS
+        }
+        rewrites = [r for r in rules if r.action == "rewrite_mailbox"]
+        self._map = MailboxMap([(r.name, r.from_ or "", r.to or "") for r in rewrites])
+        self._needs_arguments = frozenset(
+            name
+            for name, cands in self._by_command.items()
+            if cands.needs_args or (self._map and name in REWRITE_COMMANDS)
+        )
+        self._delimiter: bytes | None = None  # learned from the server's LIST responses
+        self._delimiter_known = False
+
+    @classmethod
+    def compile(cls, rules: Sequence[Rule]) -> Policy:
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError("rule names must be unique")
+        return cls(rules)
+
+    # -- hierarchy delimiter -----------------------------------------------------------------
+
+    @property
+    def delimiter(self) -> bytes | None:
+        """The server's hierarchy delimiter; ``/`` is assumed until a LIST reply shows it."""
+        return self._delimiter if self._delimiter_known else b"/"
+
+    def set_delimiter(self, delimiter: bytes | None) -> None:
+        """Set the delimiter (b"" or None: flat namespace, names have no children)."""
+        self._delimiter = delimiter or None
+        self._delimiter_known = True
+
+    # -- commands -------------------------------------------------------------------------
+
+    def needs_arguments(self, command: str) -> bool:
+        return command in self._needs_arguments
+
+    def decide(self, facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict:
+        cands = self._by_command.get(command, self._generic)
+        rewrite = bool(self._map) and command in REWRITE_COMMANDS
+        if not cands.matchers and not rewrite:
+            return _PASS
+        args: _Args | None = None
+        if cands.needs_args or rewrite:
+            args = _parse(raw, complete)
+
+        user = facts.user
+        if command == "LOGIN" and args is not None:
+            login_user = _login_user(args)
+            if login_user is not None:
+                user = login_user
+            elif user is None and cands.strict_user:
+                return _unparsable(cands, "user")
+        mailboxes: list[str] | None = None
+        if cands.needs_mailbox:
+            mailboxes, ok = self._involved_mailboxes(facts, command, args)
+            if not ok and cands.strict_mailbox:
+                return _unparsable(cands, "mailbox")
+
+        block: tuple[str, str] | None = None
+        detail: str | None = None
+        sides = 0  # bit 1: client side, bit 2: server side
+        matched: list[tuple[str, str]] = []
+        for matcher in cands.matchers:
+            rule = matcher.rule
+            if rule.action == "block" and block is not None:
+                continue  # the first matching block rule decides
+            if not matcher.matches(facts.client_ip, user, mailboxes):
+                continue
+            matched.append((rule.name, rule.action))
+            if rule.action == "block":
+                block = (rule.name, rule.block_message())
+            else:
+                detail = "full" if rule.detail == "full" or detail == "full" else "command"
+                direction = rule.when.direction
+                sides |= 1 if direction == "client" else 2 if direction == "server" else 3
+
+        rewritten: bytes | None = None
+        if block is None and rewrite:
+            assert args is not None
+            block, rewritten = self._rewrite_command(command, raw, args, facts.utf8, matched)
+            if block is not None:
+                matched.append((block[0], "rewrite_mailbox"))
+        if block is None and rewritten is None and detail is None:
+            return _PASS
+        log_direction = "both" if sides == 3 else "client" if sides == 1 else "server"
+        return Verdict(block, rewritten, detail, tuple(matched), log_direction)
+
+    def _involved_mailboxes(
+        self, facts: SessionFacts, command: str, args: _Args | None
+    ) -> tuple[list[str], bool]:
+        """Decoded client-side names the command involves; ok=False if some were unreadable."""
+        names: list[str] = []
+        ok = True
+        delimiter = self.delimiter
+        if command in SELECTED_COMMANDS and facts.selected is not None:
+            names.append(_decoded_selected(facts.selected, delimiter))
+        if command in MAILBOX_ARGS:
+            tokens = _mailbox_tokens(command, args.cmd) if args and args.cmd else None
+            if tokens is None:
+                ok = False
+            else:
+                for token in tokens:
+                    names.append(decode_mailbox(token.value, facts.utf8, delimiter))
+        return names, ok
+
+    def _rewrite_command(
+        self,
+        command: str,
+        raw: bytes,
+        args: _Args,
+        utf8: bool,
+        matched: list[tuple[str, str]],
+    ) -> tuple[tuple[str, str] | None, bytes | None]:
+        """(block, rewritten): map every mailbox argument client -> upstream."""
+        parsed = args.cmd
+        if parsed is None:
+            return (_map_blame(self), _UNPARSABLE_MESSAGE), None
+        delimiter = self.delimiter
+        edits: list[tuple[Token, bytes]] = []
+        applied: list[str] = []
+        if command in LIST_COMMANDS:
+            for token, is_reference in _list_tokens(parsed):
+                if token.kind is TokenKind.LIST:
+                    return (_map_blame(self), _UNPARSABLE_MESSAGE), None
+                new, rule = self._map.pattern_to_upstream(token.value, delimiter, utf8)
+                if rule is not None:
+                    edits.append((token, new))
+                    applied.append(rule)
+                if is_reference and token.value:
+                    break  # a pattern after a non-empty reference is relative to it
+        else:
+            tokens = _mailbox_tokens(command, parsed)
+            if tokens is None:
+                return (_map_blame(self), _UNPARSABLE_MESSAGE), None
+            for token in tokens:
+                mapped: Mapped = self._map.to_upstream(token.value, delimiter, utf8)
+                if not mapped.valid:
+                    return (mapped.rule or _map_blame(self), _RESERVED_MESSAGE), None
+                if mapped.rule is not None:
+                    edits.append((token, mapped.wire))
+                    applied.append(mapped.rule)
+        if not edits:
+            return None, None
+        for rule in dict.fromkeys(applied):
+            matched.append((rule, "rewrite_mailbox"))
+        return None, _splice(raw, edits, list_pattern=command in LIST_COMMANDS)
+
+    # -- responses ------------------------------------------------------------------------
+
+    def rewrites_responses(self) -> bool:
+        return bool(self._map)
+
+    def rewrite_response(self, raw: bytes, utf8: bool = False) -> bytes | None:
+        """Map the mailbox name in one untagged response upstream -> client.
+
+        Returns the new response, None when unchanged, or b"" when the response names an
+        upstream mailbox the client must not see (drop it).
+        """
+        if not self._map or not raw.startswith(b"* "):
+            return None
+        space = raw.find(b" ", 2)
+        word = raw[2:space].upper() if space > 0 else b""
+        if word in _LIST_RESPONSES:
+            return self._rewrite_list_response(raw, space + 1, utf8)
+        if word in _NAME_FIRST_RESPONSES:
+            try:
+                tokens = tokenize(raw, space + 1)
+            except TokenError:
+                return None
+            if not tokens or tokens[0].kind is TokenKind.LIST:
+                return None
+            return self._apply_down(raw, tokens[0], self.delimiter, utf8)
+        return None
+
+    def _rewrite_list_response(self, raw: bytes, pos: int, utf8: bool) -> bytes | None:
+        try:
+            tokens = tokenize(raw, pos)
+        except TokenError:
+            return None
+        if len(tokens) < 3 or tokens[2].kind is TokenKind.LIST:
+            return None
+        delim_token, name = tokens[1], tokens[2]
+        # The reply's own delimiter is authoritative for its name; NIL means flat.
+        delimiter = delim_token.value if delim_token.kind is TokenKind.QUOTED else None
+        if name.value == b"":
+            self.set_delimiter(delimiter)  # the LIST "" "" reply: the namespace's delimiter
+            return None
+        result = self._apply_down(raw, name, delimiter, utf8)
+        if result and not self._delimiter_known:
+            self.set_delimiter(delimiter)
+        return result
+
+    def _apply_down(
+        self, raw: bytes, token: Token, delimiter: bytes | None, utf8: bool
+    ) -> bytes | None:
+        mapped = self._map.to_client(token.value, delimiter, utf8)
+        if not mapped.valid:
+            return b""
+        if mapped.rule is None:
+            return None
+        return _splice(raw, [(token, mapped.wire)], list_pattern=False)
+
+
+Policy.EMPTY = Policy(())
+
+
+def _login_user(args: _Args) -> str | None:
+    parsed = args.cmd
+    if parsed is None or not parsed.args or parsed.args[0].kind is TokenKind.LIST:
+        return None
+    return parsed.args[0].value.decode("utf-8", "replace")
+
+
+def _mailbox_tokens(command: str, parsed: ParsedCommand) -> list[Token] | None:
+    """The mailbox-name tokens of a command, or None if they are missing or malformed."""
+    positions = MAILBOX_ARGS[command]
+    args = parsed.args
+    if command == "GETMETADATA" and args and args[0].kind is TokenKind.LIST:
+        positions = (1,)  # GETMETADATA (options) mailbox entries
+    tokens: list[Token] = []
+    for index in positions:
+        if index >= len(args) or args[index].kind is TokenKind.LIST:
+            return None
+        tokens.append(args[index])
+    if command in ("SETMETADATA", "GETMETADATA") and tokens[0].value == b"":
+        return []  # "" addresses server annotations, not a mailbox
+    return tokens
+
+
+def _list_tokens(parsed: ParsedCommand) -> list[tuple[Token, bool]]:
+    """LIST [(selection)] reference pattern|(patterns) [RETURN (...)]: (token, is_reference)."""
+    args = list(parsed.args)
+    if args and args[0].kind is TokenKind.LIST:
+        args = args[1:]  # LIST-EXTENDED selection options
+    if len(args) < 2:
+        return [(args[0], True)] if args else []
+    reference, patterns = args[0], args[1]
+    members = patterns.items if patterns.kind is TokenKind.LIST else (patterns,)
+    return [(reference, True), *((p, False) for p in members)]
+
+
+def _splice(raw: bytes, edits: list[tuple[Token, bytes]], *, list_pattern: bool) -> bytes:
+    out: list[bytes] = []
+    pos = 0
+    for token, value in sorted(edits, key=lambda e: e[0].start):
+        out.append(raw[pos : token.start])
+        out.append(_encode_like(raw, token, value, list_pattern))
+        pos = token.end
+    out.append(raw[pos:])
+    return b"".join(out)
+
+
+def _encode_like(raw: bytes, token: Token, value: bytes, list_pattern: bool) -> bytes:
+    """Re-encode ``value`` in the token's own form when that form can hold it.
+
+    Literals stay literals with the same synchronising style (the session's literal
+    handling does not change), quoted stays quoted, atoms stay atoms while valid.
+    """
+    if token.kind is TokenKind.LITERAL:
+        header = _LITERAL_HEADER.match(raw, token.start)
+        tilde, plus = (header.group(1), header.group(2)) if header else (b"", b"")
+        return b"%s{%d%s}\r\n%s" % (tilde, len(value), plus, value)
+    if token.kind is TokenKind.ATOM and value:
+        if list_pattern and _LIST_ATOM.match(value):
+            return value
+        if encode_astring(value) == value:
+            return value
+    if any(b in value for b in b"\r\n\x00"):
+        return b"{%d}\r\n%s" % (len(value), value)
+    # 8-bit bytes only occur in UTF8=ACCEPT names, which quoted strings may carry (RFC 6855).
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def _decoded_selected(selected: str, delimiter: bytes | None) -> str:
+    # Sessions may hand over the wire form; modified UTF-7 ("&AOQ-") decodes here.
+    if "&" in selected and selected.isascii():
+        with contextlib.suppress(ValueError):
+            selected = decode_mutf7(selected.encode("ascii"))
+    return decode_mailbox(selected.encode("utf-8"), True, delimiter)
+
+
+def _unparsable(cands: _Candidates, what: str) -> Verdict:
+    """Fail closed: a block rule depends on arguments that could not be read."""
+    for matcher in cands.matchers:
+        rule = matcher.rule
+        if rule.action == "block" and (
+            (what == "user" and matcher.users is not None)
+            or (what == "mailbox" and matcher.mailboxes is not None)
+        ):
+            return Verdict((rule.name, _UNPARSABLE_MESSAGE), None, None, ((rule.name, "block"),))
+    return _PASS
+
+
+def _map_blame(policy: Policy) -> str:
+    return next(r.name for r in policy.rules if r.action == "rewrite_mailbox")
