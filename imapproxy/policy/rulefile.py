@@ -188,7 +188,9 @@ def _parse_when(node: YNode, what: str) -> When:
     if (value := mapping.get("command")) is not None:
         for item, text in value.as_str_list(f"{what}.command"):
             if not is_known_command(text):
-                hint = closest(normalise_command_name(text), KNOWN_COMMANDS)
+                name = normalise_command_name(text)
+                uid = name.startswith("UID ")  # suggest UID forms for UID forms only
+                hint = closest(name, [c for c in KNOWN_COMMANDS if c.startswith("UID ") == uid])
                 suffix = f"; did you mean {hint!r}?" if hint else ""
                 item.fail(f"unknown IMAP command {text!r} in {what}.command{suffix}")
             name = normalise_command_name(text)
