@@ -79,6 +79,15 @@ class SessionDriver:
         try:
             if await self._connect():
                 await self._pump_both()
+        except trio.Cancelled:
+            # The proxy is stopping and the grace period is over: say so before closing.
+            self.close_reason = "proxy shutting down"
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await self.client.send_all(b"* BYE [UNAVAILABLE] Proxy shutting down\r\n")
+                except (*CONNECTION_ERRORS, trio.BusyResourceError):
+                    pass
+            raise
         except Exception:  # a bug must end this session only, with a traceback to fix it
             self.close_reason = "internal error"
             log.exception("session %d failed", self.id)
