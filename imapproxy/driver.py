@@ -65,6 +65,7 @@ class SessionDriver:
         self.bytes_up = 0  # client -> upstream
         self.bytes_down = 0  # upstream -> client
         self.close_reason = "unknown"
+        self.shutting_down = False  # set by the listener when the grace period is over
         self._client_lock = trio.StrictFIFOLock()
         self._upstream_lock = trio.StrictFIFOLock()
         self._resume = trio.Event()
@@ -79,19 +80,17 @@ class SessionDriver:
         try:
             if await self._connect():
                 await self._pump_both()
-        except trio.Cancelled:
-            # The proxy is stopping and the grace period is over: say so before closing.
-            self.close_reason = "proxy shutting down"
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await self.client.send_all(b"* BYE [UNAVAILABLE] Proxy shutting down\r\n")
-                except (*CONNECTION_ERRORS, trio.BusyResourceError):
-                    pass
-            raise
         except Exception:  # a bug must end this session only, with a traceback to fix it
             self.close_reason = "internal error"
             log.exception("session %d failed", self.id)
         finally:
+            if self.shutting_down:
+                self.close_reason = "proxy shutting down"
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await self.client.send_all(b"* BYE [UNAVAILABLE] Proxy shutting down\r\n")
+                    except (*CONNECTION_ERRORS, trio.BusyResourceError):
+                        pass
             for note in self.session.abandon():
                 tel.command_done(note)
             with trio.CancelScope(shield=True):

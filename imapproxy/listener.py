@@ -48,6 +48,7 @@ class Proxy:
         self._idle = trio.Event()
         self._idle.set()
         self._stop = trio.Event()
+        self._drivers: set[SessionDriver] = set()
         self._settings = self._session_settings(config)
 
     # --- configuration -----------------------------------------------------------------
@@ -130,6 +131,8 @@ class Proxy:
             )
             with trio.move_on_after(cfg.limits.grace_period):
                 await self._idle.wait()
+            for driver in self._drivers:
+                driver.shutting_down = True
             sessions.cancel_scope.cancel()
         log_event(log, "stopped")
 
@@ -172,10 +175,14 @@ class Proxy:
             return
         self.active += 1
         self._idle = trio.Event() if self.active == 1 else self._idle
+        driver: SessionDriver | None = None
         try:
-            ctx = self._context(host, listener)
-            await SessionDriver(ctx, stream, f"{host}:{port}").run()
+            driver = SessionDriver(self._context(host, listener), stream, f"{host}:{port}")
+            self._drivers.add(driver)
+            await driver.run()
         finally:
+            if driver is not None:
+                self._drivers.discard(driver)
             self.active -= 1
             if self.active == 0:
                 self._idle.set()

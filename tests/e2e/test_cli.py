@@ -1,0 +1,152 @@
+"""The installed entry point as a user runs it: a real process, real signals."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imapproxy.dovecot import Dovecot
+
+from .conftest import new_account
+from .rawimap import RawIMAP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("proxy did not start listening")
+
+
+@pytest.fixture
+def started(dovecot: Dovecot, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = _free_port()
+    config = tmp_path / "imapproxy.yaml"
+    config.write_text("limits:\n  grace_period: 1.5\nlog:\n  format: json\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imapproxy",
+            "--config",
+            str(config),
+            "--upstream",
+            "%s:%d" % dovecot.address,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics",
+            "off",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_listening(port, proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_sigterm_stops_accepting_lets_sessions_finish_then_says_bye(
+    dovecot: Dovecot, started: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    proc, port = started
+    account = new_account(dovecot)
+    with RawIMAP(("127.0.0.1", port)) as c:
+        assert c.command(
+            b"a1", b"LOGIN %s %s" % (account.name.encode(), account.password.encode())
+        )[-1].startswith(b"a1 OK")
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the listener closes promptly
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                time.sleep(0.05)
+            except OSError:
+                break
+        else:
+            raise AssertionError("still accepting after SIGTERM")
+        assert c.command(b"a2", b"NOOP")[-1].startswith(b"a2 OK")  # in-flight session goes on
+        assert c.read_response() == b"* BYE [UNAVAILABLE] Proxy shutting down\r\n"
+    assert proc.wait(10) == 0
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert '"event": "stopping"' in stderr and '"reason": "proxy shutting down"' in stderr
+
+
+def test_sigterm_without_sessions_exits_promptly(
+    started: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, _ = started
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert time.monotonic() - t0 < 1.5  # no sessions: no need to wait out the grace period
+
+
+def test_check_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text('upstream:\n  address: "127.0.0.1:143"\n')
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('upstream:\n  address: "127.0.0.1:143"\nlisten: "0.0.0.0:143"\nlisen: x\n')
+    ok = subprocess.run(
+        [sys.executable, "-m", "imapproxy", "check", "--config", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    fail = subprocess.run(
+        [sys.executable, "-m", "imapproxy", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert fail.returncode == 1
+    assert fail.stderr.startswith(f"{bad}:4:1: unknown key 'lisen'")
+
+
+def test_refuses_to_start_on_taken_port(dovecot: Dovecot) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imapproxy",
+                "--upstream",
+                "%s:%d" % dovecot.address,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--metrics",
+                "off",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "Address already in use" in result.stderr
