@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from imapproxy.demo import DEMO_PASSWORD, DEMO_USER, demo_banner, start_demo_upstream
 from imapproxy.dovecot import Dovecot, TLSFiles
 from tests.conftest import SeedMessage
 from tests.helpers import ImapAccount, make_message
@@ -147,3 +148,26 @@ def test_start_failure_reports_the_log(tmp_path: Path, dovecot: Dovecot) -> None
     with pytest.raises(RuntimeError, match="Unknown setting: no_such_setting"):
         server.start(timeout=5)
     assert server.pid is None
+
+
+def test_demo_upstream_is_seeded_and_banner_points_at_the_proxy(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    server = start_demo_upstream(tmp_path / "demo")
+    try:
+        with imaplib.IMAP4(*server.address, timeout=10) as conn:
+            conn.login(DEMO_USER, DEMO_PASSWORD)
+            inbox = _fetch_all(conn, "INBOX")
+            assert len(inbox) >= 4
+            bodies = b"\n".join(body for _, body in inbox)
+            assert "Grüße".encode() in bodies  # raw 8-bit UTF-8 body
+            assert b"Content-Type: application/pdf" in bodies
+            assert len(_fetch_all(conn, "Archive")) == 1
+            assert len(_fetch_all(conn, "Sent")) == 1
+            conn.logout()
+    finally:
+        server.stop()
+    banner = demo_banner(("0.0.0.0", 1143), ("127.0.0.1", 9143), server.address)
+    assert "imaplib.IMAP4('127.0.0.1', 1143)" in banner
+    assert "curl http://127.0.0.1:9143/metrics" in banner
+    assert "port 1143" in banner and "None" in banner  # Thunderbird: no encryption
