@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -17,6 +18,9 @@ from .config import Address, Config, ConfigError, MetricsConfig, Upstream, check
 from .listener import Proxy, reloader
 from .logs import log_event
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("imapproxy")
 
@@ -114,7 +118,7 @@ def serve(
     return 0
 
 
-def _start_metrics(cfg: Config) -> object | None:
+def _start_metrics(cfg: Config) -> Metrics | None:
     if cfg.metrics.address is None:
         return None
     from .metrics import Metrics  # noqa: PLC0415 - the only prometheus_client importer

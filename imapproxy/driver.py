@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -70,7 +71,7 @@ class SessionDriver:
         self._upstream_lock = trio.StrictFIFOLock()
         self._resume = trio.Event()
         self._idle_scope = trio.CancelScope()
-        self._tls_info: dict[str, object] = {}
+        self._tls_info: dict[str, Any] = {}
 
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -237,29 +238,28 @@ class SessionDriver:
     def _observe(self, out: Output) -> None:
         tel = self.ctx.telemetry
         for note in out.notes:
-            t = type(note)
-            if t is CommandDone:
-                tel.command_done(note)  # type: ignore[arg-type]
-                if note.log is not None:  # type: ignore[attr-defined]
-                    self._log_command(note)  # type: ignore[arg-type]
-            elif t is LoginDone:
-                tel.login(note)  # type: ignore[arg-type]
-            elif t is RuleHit:
-                tel.rule_matched(note)  # type: ignore[arg-type]
-            elif t is CommandBlocked:
-                tel.command_blocked(note)  # type: ignore[arg-type]
-            elif t is ProtocolIssue:
-                tel.protocol_error(note.side)  # type: ignore[attr-defined]
+            if isinstance(note, CommandDone):
+                tel.command_done(note)
+                if note.log is not None:
+                    self._log_command(note)
+            elif isinstance(note, LoginDone):
+                tel.login(note)
+            elif isinstance(note, RuleHit):
+                tel.rule_matched(note)
+            elif isinstance(note, CommandBlocked):
+                tel.command_blocked(note)
+            elif isinstance(note, ProtocolIssue):
+                tel.protocol_error(note.side)
                 log_event(
                     log,
                     "protocol_error",
                     session=self.id,
                     client=self.peer,
                     side=note.side,
-                    reason=note.reason,  # type: ignore[attr-defined]
+                    reason=note.reason,
                     fatal=note.fatal,
                     level=logging.WARNING,
-                )  # type: ignore[attr-defined]
+                )
             else:
                 log_event(log, "response", session=self.id, line=getattr(note, "line", ""))
 

@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .actions import (
     CommandBlocked,
@@ -90,7 +90,8 @@ class VerdictLike(Protocol):
 
 class PolicyLike(Protocol):
     def needs_arguments(self, command: str) -> bool: ...
-    def decide(self, facts: object, command: str, raw: bytes, complete: bool) -> VerdictLike: ...
+    # facts: whatever SessionSettings.facts builds (the policy's own SessionFacts)
+    def decide(self, facts: Any, command: str, raw: bytes, complete: bool) -> VerdictLike: ...
     def rewrites_responses(self) -> bool: ...
     def rewrite_response(self, raw: bytes) -> bytes | None: ...
 
@@ -171,13 +172,13 @@ class Session:
     def client_paused(self) -> bool:
         return self.client.paused
 
-    def client_data(self, data: bytes) -> Output:
+    def client_data(self, data: bytes | bytearray) -> Output:
         """Feed bytes from the client (``b""``: the client closed)."""
         self.client.receive_data(data)
         self._drain_client()
         return self._take()
 
-    def server_data(self, data: bytes) -> Output:
+    def server_data(self, data: bytes | bytearray) -> Output:
         """Feed bytes from the upstream (``b""``: the upstream closed)."""
         self.server.receive_data(data)
         self._drain_server()
@@ -560,7 +561,7 @@ class Session:
         held = self._response_hold
         assert held is not None
         held.append(raw)
-        if type(ev) is ResponsePart and ev.literal is None and not ev.partial:  # type: ignore[union-attr]
+        if isinstance(ev, ResponsePart) and ev.literal is None and not ev.partial:
             self._response_hold = None
             whole = b"".join(held)
             policy = self.settings.policy
