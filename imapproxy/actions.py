@@ -28,7 +28,7 @@ class CommandDone(Note):
     user: str | None
     log: str | None  # None | "command" | "full": a log rule asked for a line
     bytes_in: int  # command bytes from the client
-    bytes_out: int  # response bytes to the client while it was the only command in flight
+    bytes_out: int  # server bytes since the previous tagged answer, up to and including this one
 
 
 @dataclass(frozen=True, slots=True)

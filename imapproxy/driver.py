@@ -276,6 +276,7 @@ class SessionDriver:
             status=note.status,
             code=note.code,
             bytes_in=note.bytes_in,
+            bytes_out=note.bytes_out,
             duration=round(note.duration, 6) if math.isfinite(note.duration) else None,
         )
 

@@ -119,6 +119,7 @@ class _Command:
     __slots__ = (
         "answered",
         "bytes_in",
+        "bytes_out",
         "capture",
         "log",
         "mailbox",
@@ -134,6 +135,7 @@ class _Command:
         self.name = name
         self.start = start
         self.bytes_in = 0
+        self.bytes_out = 0
         self.capture: list[bytes] | None = None  # observed bytes (small commands only)
         self.mailbox: str | None = None
         self.user: str | None = None
@@ -165,6 +167,9 @@ class Session:
         self._server_bye = False
         self._bad_streak = 0
         self._response_hold: list[bytes] | None = None  # an untagged response to rewrite
+        # Server bytes since the last tagged answer: the responses that answer command
+        # in flight, credited to the command whose tagged answer closes them.
+        self._response_bytes = 0
         self._caps = self._capability_filter()
 
     # === public API ====================================================================
@@ -497,11 +502,13 @@ class Session:
             t = type(ev)
             if t is LiteralData or t is ResponsePart:
                 raw = ev.data if t is LiteralData else ev.raw  # type: ignore[union-attr]
+                self._response_bytes += len(raw)
                 if self._response_hold is not None:
                     self._hold_response_part(raw, ev)  # type: ignore[arg-type]
                 else:
                     self._out.to_client.append(raw)
             else:
+                self._response_bytes += len(ev.raw)  # type: ignore[union-attr]
                 resumed |= self._on_response(ev)  # type: ignore[arg-type]
         if resumed and not self.client.paused:
             self._drain_client()
@@ -532,6 +539,7 @@ class Session:
         word = ev.word
         if not self._greeted:
             self._greeted = True
+            self._response_bytes = 0  # the greeting answers no command
             if word == "PREAUTH":
                 self.user = self.user or "(preauth)"
             raw = self._caps.response_code(raw)
@@ -593,7 +601,9 @@ class Session:
             raw = self._caps.response_code(raw)
         if cmd is not None:
             self._after_completion(cmd, status)
+            cmd.bytes_out = self._response_bytes
             out.notes.append(self._done_note(cmd, status, code, self._clock()))
+        self._response_bytes = 0
         out.to_client.append(raw)
         return resumed
 
@@ -638,7 +648,7 @@ class Session:
             user=self.user if self.user is not None else cmd.user,
             log=cmd.log,
             bytes_in=cmd.bytes_in,
-            bytes_out=0,
+            bytes_out=cmd.bytes_out,
         )
 
     def _facts(self) -> object:
