@@ -255,7 +255,7 @@ class Policy:
                 matched.append((block[0], "rewrite_mailbox"))
         if block is None and rewritten is None and detail is None:
             return _PASS
-        log_direction = "both" if sides == 3 else "client" if sides == 1 else "server"
+        log_direction = "client" if sides == 1 else "server" if sides == 2 else "both"
         return Verdict(block, rewritten, detail, tuple(matched), log_direction)
 
     def _involved_mailboxes(
@@ -433,7 +433,9 @@ def _encode_like(raw: bytes, token: Token, value: bytes, list_pattern: bool) -> 
         header = _LITERAL_HEADER.match(raw, token.start)
         tilde, plus = (header.group(1), header.group(2)) if header else (b"", b"")
         return b"%s{%d%s}\r\n%s" % (tilde, len(value), plus, value)
-    if token.kind is TokenKind.ATOM and value:
+    # "[" is a valid atom char, but in an atom it reads like a BODY[...] section to many
+    # parsers (ours included): such names are quoted.
+    if token.kind is TokenKind.ATOM and value and b"[" not in value:
         if list_pattern and _LIST_ATOM.match(value):
             return value
         if encode_astring(value) == value:
