@@ -13,13 +13,14 @@ import itertools
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,7 @@ _USERNAME_RE = re.compile(r"^[A-Za-z0-9_@-][A-Za-z0-9._@-]*$")
 _MAILDIR_FLAGS = frozenset("DFPRST")
 _LOG_TAIL_LINES = 40
 _PORT_ATTEMPTS = 5
+_FD_LIMIT = 65536
 _SEQ = itertools.count()  # unique Maildir file names within this process
 _CHROOTED_SERVICES = ("anvil", "imap-login", "imap-urlauth-login")
 
@@ -57,6 +59,25 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _raised_fd_limit() -> Iterator[None]:
+    """Let the child inherit a soft RLIMIT_NOFILE raised towards the hard limit.
+
+    With 1,000+ sessions Dovecot's log process alone holds a pipe per imap process, so
+    the common soft limit of 1024 is not enough. Our own limit is restored afterwards.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, _FD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    else:
+        yield
 
 
 def _terminate_process(proc: subprocess.Popen[bytes]) -> None:
@@ -185,7 +206,7 @@ class Dovecot:
             self.tls_port = _free_port(self.host) if self.tls is not None else None
             self.config_path.write_text(self._render_config())
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            with open(self._stderr_path, "wb") as err:
+            with open(self._stderr_path, "wb") as err, _raised_fd_limit():
                 self._proc = subprocess.Popen(
                     [binary, "-F", "-c", str(self.config_path)],
                     stdin=subprocess.DEVNULL,
