@@ -306,12 +306,22 @@ class Dovecot:
     def maildir(self, user: str) -> Path:
         return self._home_root / self._user_key(user) / "Maildir"
 
-    def deliver(self, user: str, message: bytes, folder: str = "INBOX", flags: str = "") -> Path:
+    def deliver(
+        self,
+        user: str,
+        message: bytes,
+        folder: str = "INBOX",
+        flags: str = "",
+        *,
+        internaldate: float | None = None,
+    ) -> Path:
         """Write ``message`` as-is into the user's Maildir; return the file's path.
 
-        ``folder`` uses "/" as hierarchy separator (as the IMAP namespace does);
-        ``flags`` are Maildir info letters (D F P R S T, e.g. "FS"): empty means an
-        unseen message in new/, anything else a message in cur/ with those flags.
+        ``folder`` uses "/" as hierarchy separator (as the IMAP namespace does) and is
+        created and subscribed if needed; ``flags`` are Maildir info letters (D draft,
+        F flagged, R answered, S seen, T deleted, e.g. "FS"): empty means an unseen message
+        in new/, anything else a message in cur/ with those flags. ``internaldate`` (Unix
+        time) pins IMAP INTERNALDATE, which Dovecot takes from the file's mtime.
         """
         bad = set(flags) - _MAILDIR_FLAGS
         if bad:
@@ -326,6 +336,8 @@ class Dovecot:
         with open(tmp, "xb") as f:
             f.write(message)
         self._chown(tmp)
+        if internaldate is not None:
+            os.utime(tmp, (internaldate, internaldate))
         if flags:
             dest = box / "cur" / f"{base}:2,{''.join(sorted(set(flags)))}"
         else:

@@ -57,7 +57,7 @@ def imap_user(dovecot: Dovecot) -> ImapAccount:
 @pytest.fixture
 def seed_message(dovecot: Dovecot) -> SeedMessage:
     """``seed_message(account, message=None, *, folder="INBOX", flags="", size=1000,
-    subject="Test message", eight_bit=False, attachment=None) -> bytes``
+    subject="Test message", eight_bit=False, attachment=None, internaldate=None) -> bytes``
 
     Writes a message straight into the account's Maildir (no IMAP round trip) and
     returns the exact bytes stored, for byte-for-byte comparison with FETCH results.
@@ -74,12 +74,15 @@ def seed_message(dovecot: Dovecot) -> SeedMessage:
         subject: str = "Test message",
         eight_bit: bool = False,
         attachment: bytes | None = None,
+        internaldate: float | None = None,
     ) -> bytes:
         if message is None:
             message = make_message(
                 size, subject=subject, eight_bit=eight_bit, attachment=attachment
             )
-        dovecot.deliver(account.name, message, folder=folder, flags=flags)
+        dovecot.deliver(
+            account.name, message, folder=folder, flags=flags, internaldate=internaldate
+        )
         return message
 
     return seed
