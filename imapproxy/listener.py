@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT: stop accepting, let sessions finish for ``limits.grace_period`` seconds,
 then cancel them (each says ``* BYE`` on the way out). SIGHUP: re-read the config file and
-swap in the new rules for new commands; a bad file keeps the old rules.
+swap in the new rules for new commands, and re-read certificates for new TLS handshakes; a bad
+file keeps the old rules and certificates.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ import ipaddress
 import logging
 import signal
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import trio
 
 from . import logs, sdnotify
 from .config import Config, ConfigError, load_config
-from .driver import SessionContext, SessionDriver
+from .driver import SessionContext, SessionDriver, UpstreamConnector
 from .logs import log_event
 from .session import SessionSettings
 from .telemetry import Telemetry
+from .tls import (
+    ClientSideTLS,
+    TLSListener,
+    TLSSetupError,
+    accept_handshake,
+    client_side_tls,
+    tls_listeners,
+)
 from .upstream import make_upstream_connector
 
 log = logging.getLogger("imapproxy")
@@ -50,6 +59,10 @@ class Proxy:
         self._stop = trio.Event()
         self._drivers: set[SessionDriver] = set()
         self._settings = self._session_settings(config)
+        # TLS contexts are costly to build: once in serve(), again on SIGHUP (see _endpoints).
+        self._client_tls = ClientSideTLS()
+        self._connect_upstream: UpstreamConnector | None = None
+        self._tls_listeners: list[TLSListener] = []
 
     # --- configuration -----------------------------------------------------------------
     def _session_settings(self, config: Config) -> SessionSettings:
@@ -77,12 +90,19 @@ class Proxy:
         try:
             new = self._reload_config()
             settings = self._session_settings(new)
-        except ConfigError as exc:
+            # Listeners stay bound where they are; the TLS one takes the file's new certificate.
+            old_tls = self.config.listen_tls
+            listen_tls = None
+            if old_tls is not None:
+                listen_tls = dataclasses.replace(new.listen_tls or old_tls, address=old_tls.address)
+            new = dataclasses.replace(new, listen=self.config.listen, listen_tls=listen_tls)
+            self._endpoints(new)
+        except (ConfigError, TLSSetupError) as exc:
             log_event(log, "reload_failed", error=str(exc), level=logging.ERROR)
             self.telemetry.config_reloaded(False)
             sdnotify.ready()
             return False
-        self.config = dataclasses.replace(new, listen=self.config.listen)
+        self.config = new
         self._settings = settings
         logs.reopen()
         self.telemetry.config_reloaded(True)
@@ -97,13 +117,27 @@ class Proxy:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        cfg = self.config
-        listeners = await trio.open_tcp_listeners(cfg.listen.port, host=cfg.listen.host)
-        named: list[tuple[trio.SocketListener, str]] = [(lst, "plain") for lst in listeners]
-        if cfg.listen_tls is not None:
-            from .tls import tls_listeners  # noqa: PLC0415
+        # Signals are caught before anything is bound or READY=1 is sent: a `systemctl reload`
+        # right after start must reload, not kill the process (SIGHUP's default action).
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            await self._serve(signals, task_status)
 
-            named += [(lst, "tls") for lst in await tls_listeners(cfg.listen_tls, cfg.client_tls)]
+    async def _serve(
+        self,
+        signals: AsyncIterator[int],
+        task_status: trio.TaskStatus[list[tuple[str, int]]],
+    ) -> None:
+        cfg = self.config
+        self._endpoints(cfg)  # a TLSSetupError is an OSError: reported like a busy port
+        listeners = await trio.open_tcp_listeners(cfg.listen.port, host=cfg.listen.host)
+        named: list[tuple[trio.SocketListener | TLSListener, str]] = [
+            (lst, "plain") for lst in listeners
+        ]
+        if cfg.listen_tls is not None and self._client_tls.listen_context is not None:
+            self._tls_listeners = await tls_listeners(
+                cfg.listen_tls, self._client_tls.listen_context
+            )
+            named += [(lst, "tls") for lst in self._tls_listeners]
         self.bound = [_sockname(lst) for lst, _ in named]
         log_event(
             log,
@@ -120,7 +154,7 @@ class Proxy:
             async with trio.open_nursery() as accepting:
                 for lst, name in named:
                     accepting.start_soon(self._accept_loop, lst, name, sessions)
-                accepting.start_soon(self._watch_signals)
+                accepting.start_soon(self._watch_signals, signals)
                 await self._stop.wait()
                 accepting.cancel_scope.cancel()
             for lst, _ in named:
@@ -136,17 +170,27 @@ class Proxy:
             sessions.cancel_scope.cancel()
         log_event(log, "stopped")
 
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self.reload()
-                else:
-                    self.stop()
-                    return
+    def _endpoints(self, config: Config) -> None:
+        """Build the upstream connector and client-facing TLS contexts (raises TLSSetupError)."""
+        client_tls = client_side_tls(config.client_tls, config.listen_tls)
+        connect = None
+        if config.upstream is not None:
+            connect = make_upstream_connector(config.upstream, self.telemetry)
+        self._client_tls, self._connect_upstream = client_tls, connect
+        if client_tls.listen_context is not None:
+            for lst in self._tls_listeners:
+                lst.context = client_tls.listen_context
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                self.reload()
+            else:
+                self.stop()
+                return
 
     async def _accept_loop(
-        self, listener: trio.SocketListener, name: str, sessions: trio.Nursery
+        self, listener: trio.SocketListener | TLSListener, name: str, sessions: trio.Nursery
     ) -> None:
         while True:
             try:
@@ -159,9 +203,12 @@ class Proxy:
                 continue
             sessions.start_soon(self._handle, stream, name)
 
-    async def _handle(self, stream: trio.SocketStream, listener: str) -> None:
+    async def _handle(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], listener: str
+    ) -> None:
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            host, port = stream.socket.getpeername()[:2]
+            host, port = tcp.socket.getpeername()[:2]
         except OSError:
             await stream.aclose()
             return
@@ -177,6 +224,10 @@ class Proxy:
         self._idle = trio.Event() if self.active == 1 else self._idle
         driver: SessionDriver | None = None
         try:
+            if isinstance(stream, trio.SSLStream) and not await accept_handshake(
+                stream, self.telemetry, f"{host}:{port}"
+            ):
+                return
             driver = SessionDriver(self._context(host, listener), stream, f"{host}:{port}")
             self._drivers.add(driver)
             await driver.run()
@@ -189,29 +240,24 @@ class Proxy:
 
     def _context(self, host: str, listener: str) -> SessionContext:
         cfg = self.config
-        assert cfg.upstream is not None
+        assert cfg.upstream is not None and self._connect_upstream is not None
         settings = dataclasses.replace(
             self._settings,
             client_ip=ipaddress.ip_address(host.split("%", 1)[0]),
             client_tls_active=listener == "tls",
         )
-        start_tls = None
-        if cfg.client_tls is not None:
-            from .tls import client_starttls  # noqa: PLC0415
-
-            start_tls = client_starttls(cfg.client_tls)
         return SessionContext(
             settings=settings,
-            connect_upstream=make_upstream_connector(cfg.upstream, self.telemetry),
+            connect_upstream=self._connect_upstream,
             telemetry=self.telemetry,
             listener=listener,
             connect_timeout=cfg.upstream.connect_timeout,
             idle_timeout=cfg.limits.idle_timeout,
-            start_client_tls=start_tls,
+            start_client_tls=self._client_tls.start_tls,
         )
 
 
-def _sockname(listener: trio.SocketListener) -> tuple[str, int]:
+def _sockname(listener: trio.SocketListener | TLSListener) -> tuple[str, int]:
     name = listener.socket.getsockname()
     return str(name[0]), int(name[1])
 

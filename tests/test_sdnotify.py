@@ -183,11 +183,6 @@ def test_proxy_process_notifies_ready_reloading_stopping() -> None:
 
 
 @needs_proxy
-@pytest.mark.xfail(
-    strict=True,
-    reason="listener sends READY=1 before opening its signal receiver: a SIGHUP right after "
-    "READY=1 (`systemctl start` then `reload`) kills the process. Remove once fixed.",
-)
 def test_signal_right_after_ready_is_handled() -> None:
     """systemd allows `reload` as soon as READY=1 arrives, so the handlers must exist by then."""
     for _ in range(5):  # the window is a few ms: retry to make a regression all but certain
