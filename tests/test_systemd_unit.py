@@ -115,7 +115,7 @@ def test_example_config_fits_the_unit() -> None:
     cfg = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     assert set(cfg) <= {
         "listen", "listen_tls", "client_tls", "upstream", "metrics", "control", "log", "rules",
-        "rules_file",
+        "rules_file", "limits",
     }  # fmt: skip
     assert cfg["listen"] == "0.0.0.0:143"
     assert cfg["upstream"]["address"]
