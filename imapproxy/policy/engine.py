@@ -138,23 +138,81 @@ def _parse(raw: bytes, complete: bool) -> _Args:
         return _Args(None, end)
 
 
-class _Candidates:
-    """The non-rewrite rules that can apply to one command name, with what they need."""
+_CACHE_LIMIT = 4096  # verdicts kept per command name; cleared when full
 
-    __slots__ = ("matchers", "needs_args", "needs_mailbox", "strict_mailbox", "strict_user")
+
+class _Candidates:
+    """The non-rewrite rules that can apply to one command name, with what they need.
+
+    Matching depends only on (client address, user, involved mailboxes), and only on the
+    parts some candidate tests; those few values repeat for every command of a session, so
+    verdicts are memoised on exactly them and the rule loop runs once per distinct key.
+    """
+
+    __slots__ = (
+        "cache",
+        "matchers",
+        "needs_args",
+        "needs_client",
+        "needs_mailbox",
+        "needs_user",
+        "strict_mailbox",
+        "strict_user",
+    )
 
     def __init__(self, command: str | None, matchers: Sequence[Matcher]) -> None:
         self.matchers = tuple(matchers)
+        self.needs_client = any(m.clients is not None for m in matchers)
+        self.needs_user = any(m.users is not None for m in matchers)
         self.needs_mailbox = any(m.mailboxes is not None for m in matchers)
         arg_mailbox = command in MAILBOX_ARGS
         login = command == "LOGIN"
-        self.needs_args = (arg_mailbox and self.needs_mailbox) or (
-            login and any(m.users is not None for m in matchers)
-        )
+        self.needs_args = (arg_mailbox and self.needs_mailbox) or (login and self.needs_user)
         # Unparsable arguments refuse the command only when a block rule depends on them.
         blocks = [m for m in matchers if m.rule.action == "block"]
         self.strict_mailbox = arg_mailbox and any(m.mailboxes is not None for m in blocks)
         self.strict_user = login and any(m.users is not None for m in blocks)
+        self.cache: dict[tuple[object, ...], Verdict] = {}
+
+    def verdict(
+        self, client: IPAddress, user: str | None, mailboxes: tuple[str, ...] | None
+    ) -> Verdict:
+        key = (
+            client if self.needs_client else None,
+            user if self.needs_user else None,
+            mailboxes,
+        )
+        verdict = self.cache.get(key)
+        if verdict is None:
+            if len(self.cache) >= _CACHE_LIMIT:
+                self.cache.clear()
+            verdict = self.cache[key] = self._match(client, user, mailboxes)
+        return verdict
+
+    def _match(
+        self, client: IPAddress, user: str | None, mailboxes: tuple[str, ...] | None
+    ) -> Verdict:
+        block: tuple[str, str] | None = None
+        detail: str | None = None
+        sides = 0  # bit 1: client side, bit 2: server side
+        matched: list[tuple[str, str]] = []
+        for matcher in self.matchers:
+            rule = matcher.rule
+            if rule.action == "block" and block is not None:
+                continue  # the first matching block rule decides
+            if not matcher.matches(client, user, mailboxes):
+                continue
+            matched.append((rule.name, rule.action))
+            if rule.action == "block":
+                block = (rule.name, rule.block_message())
+            else:
+                detail = "full" if rule.detail == "full" or detail == "full" else "command"
+                direction = rule.when.direction
+                sides |= 1 if direction == "client" else 2 if direction == "server" else 3
+        if block is None and detail is None:
+            return _PASS
+        log_direction = "client" if sides == 1 else "server" if sides == 2 else "both"
+        return Verdict(block, None, detail, tuple(matched), log_direction)
 
 
 class Policy:
@@ -223,44 +281,25 @@ class Policy:
                 user = login_user
             elif user is None and cands.strict_user:
                 return _unparsable(cands, "user")
-        mailboxes: list[str] | None = None
+        mailboxes: tuple[str, ...] | None = None
         if cands.needs_mailbox:
             mailboxes, ok = self._involved_mailboxes(facts, command, args)
             if not ok and cands.strict_mailbox:
                 return _unparsable(cands, "mailbox")
 
-        block: tuple[str, str] | None = None
-        detail: str | None = None
-        sides = 0  # bit 1: client side, bit 2: server side
-        matched: list[tuple[str, str]] = []
-        for matcher in cands.matchers:
-            rule = matcher.rule
-            if rule.action == "block" and block is not None:
-                continue  # the first matching block rule decides
-            if not matcher.matches(facts.client_ip, user, mailboxes):
-                continue
-            matched.append((rule.name, rule.action))
-            if rule.action == "block":
-                block = (rule.name, rule.block_message())
-            else:
-                detail = "full" if rule.detail == "full" or detail == "full" else "command"
-                direction = rule.when.direction
-                sides |= 1 if direction == "client" else 2 if direction == "server" else 3
-
-        rewritten: bytes | None = None
-        if block is None and rewrite:
-            assert args is not None
-            block, rewritten = self._rewrite_command(command, raw, args, facts.utf8, matched)
-            if block is not None:
-                matched.append((block[0], "rewrite_mailbox"))
-        if block is None and rewritten is None and detail is None:
-            return _PASS
-        log_direction = "client" if sides == 1 else "server" if sides == 2 else "both"
-        return Verdict(block, rewritten, detail, tuple(matched), log_direction)
+        verdict = cands.verdict(facts.client_ip, user, mailboxes)
+        if not rewrite or verdict.block is not None:
+            return verdict
+        assert args is not None
+        block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
+        if block is None and rewritten is None:
+            return verdict
+        matched = verdict.matched + tuple((name, "rewrite_mailbox") for name in applied)
+        return Verdict(block, rewritten, verdict.log, matched, verdict.log_direction)
 
     def _involved_mailboxes(
         self, facts: SessionFacts, command: str, args: _Args | None
-    ) -> tuple[list[str], bool]:
+    ) -> tuple[tuple[str, ...], bool]:
         """Decoded client-side names the command involves; ok=False if some were unreadable."""
         names: list[str] = []
         ok = True
@@ -274,27 +313,22 @@ class Policy:
             else:
                 for token in tokens:
                     names.append(decode_mailbox(token.value, facts.utf8, delimiter))
-        return names, ok
+        return tuple(names), ok
 
     def _rewrite_command(
-        self,
-        command: str,
-        raw: bytes,
-        args: _Args,
-        utf8: bool,
-        matched: list[tuple[str, str]],
-    ) -> tuple[tuple[str, str] | None, bytes | None]:
-        """(block, rewritten): map every mailbox argument client -> upstream."""
+        self, command: str, raw: bytes, args: _Args, utf8: bool
+    ) -> tuple[tuple[str, str] | None, bytes | None, tuple[str, ...]]:
+        """(block, rewritten, rules applied): map mailbox arguments client -> upstream."""
         parsed = args.cmd
         if parsed is None:
-            return (_map_blame(self), _UNPARSABLE_MESSAGE), None
+            return self._refuse(_UNPARSABLE_MESSAGE)
         delimiter = self.delimiter
         edits: list[tuple[Token, bytes]] = []
         applied: list[str] = []
         if command in LIST_COMMANDS:
             for token, is_reference in _list_tokens(parsed):
                 if token.kind is TokenKind.LIST:
-                    return (_map_blame(self), _UNPARSABLE_MESSAGE), None
+                    return self._refuse(_UNPARSABLE_MESSAGE)
                 new, rule = self._map.pattern_to_upstream(token.value, delimiter, utf8)
                 if rule is not None:
                     edits.append((token, new))
@@ -304,19 +338,25 @@ class Policy:
         else:
             tokens = _mailbox_tokens(command, parsed)
             if tokens is None:
-                return (_map_blame(self), _UNPARSABLE_MESSAGE), None
+                return self._refuse(_UNPARSABLE_MESSAGE)
             for token in tokens:
                 mapped: Mapped = self._map.to_upstream(token.value, delimiter, utf8)
                 if not mapped.valid:
-                    return (mapped.rule or _map_blame(self), _RESERVED_MESSAGE), None
+                    return self._refuse(_RESERVED_MESSAGE, mapped.rule)
                 if mapped.rule is not None:
                     edits.append((token, mapped.wire))
                     applied.append(mapped.rule)
         if not edits:
-            return None, None
-        for rule in dict.fromkeys(applied):
-            matched.append((rule, "rewrite_mailbox"))
-        return None, _splice(raw, edits, list_pattern=command in LIST_COMMANDS)
+            return None, None, ()
+        rewritten = _splice(raw, edits, list_pattern=command in LIST_COMMANDS)
+        return None, rewritten, tuple(dict.fromkeys(applied))
+
+    def _refuse(
+        self, message: str, rule: str | None = None
+    ) -> tuple[tuple[str, str], None, tuple[str, ...]]:
+        if rule is None:  # blame the first rewrite rule: the table as a whole refused
+            rule = next(r.name for r in self.rules if r.action == "rewrite_mailbox")
+        return (rule, message), None, (rule,)
 
     # -- responses ------------------------------------------------------------------------
 
@@ -464,7 +504,3 @@ def _unparsable(cands: _Candidates, what: str) -> Verdict:
         ):
             return Verdict((rule.name, _UNPARSABLE_MESSAGE), None, None, ((rule.name, "block"),))
     return _PASS
-
-
-def _map_blame(policy: Policy) -> str:
-    return next(r.name for r in policy.rules if r.action == "rewrite_mailbox")

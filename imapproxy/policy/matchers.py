@@ -52,21 +52,32 @@ def compile_globs(patterns: Sequence[str], *, ignore_case: bool) -> re.Pattern[s
 
 
 class NetworkSet:
-    """Client CIDRs; IPv4-mapped IPv6 peers (dual-stack listeners) match IPv4 networks."""
+    """Client CIDRs as integer ranges; IPv4-mapped IPv6 peers (dual-stack listeners) match
+    IPv4 networks."""
 
     __slots__ = ("_v4", "_v6")
 
     def __init__(self, networks: Sequence[Network]) -> None:
-        self._v4 = tuple(n for n in networks if isinstance(n, ipaddress.IPv4Network))
-        self._v6 = tuple(n for n in networks if isinstance(n, ipaddress.IPv6Network))
+        def ranges(version: int) -> tuple[tuple[int, int], ...]:
+            return tuple(
+                (int(n.network_address), int(n.broadcast_address))
+                for n in networks
+                if n.version == version
+            )
+
+        self._v4 = ranges(4)
+        self._v6 = ranges(6)
 
     def __contains__(self, address: IPAddress) -> bool:
+        table = self._v4
         if isinstance(address, ipaddress.IPv6Address):
             mapped = address.ipv4_mapped
             if mapped is None:
-                return any(address in n for n in self._v6)
-            address = mapped
-        return any(address in n for n in self._v4)
+                table = self._v6
+            else:
+                address = mapped
+        value = int(address)
+        return any(low <= value <= high for low, high in table)
 
 
 @dataclass(frozen=True, slots=True)

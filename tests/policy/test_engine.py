@@ -603,3 +603,23 @@ def test_upstream_to_client_to_upstream_is_identity(name: str, utf8: bool) -> No
     verdict = decide(policy, raw, "SELECT", facts(utf8=utf8))
     assert verdict.block is None
     assert argument(verdict.rewritten or raw, 0, len(b"a SELECT ")) == wire
+
+
+def test_memoised_verdicts_follow_the_facts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imapproxy.policy.engine as engine
+
+    monkeypatch.setattr(engine, "_CACHE_LIMIT", 2)
+    policy = compile_rules(
+        "- {name: r, action: block, when: {user: [bob], client: [10.0.0.0/8]}}\n"
+        "- {name: l, action: log, when: {mailbox: [S]}}\n"
+    )
+    for _ in range(3):
+        for user, ip, selected, expected in [
+            ("bob", "10.0.0.1", None, "r"),
+            ("bob", "11.0.0.1", None, None),
+            ("alice", "10.0.0.1", None, None),
+            ("BOB", "10.0.0.2", "S", "r"),
+        ]:
+            verdict = decide(policy, b"a EXPUNGE\r\n", "EXPUNGE", facts(ip, user, selected))
+            assert blocked_by(verdict) == expected
+            assert verdict.log == ("command" if selected else None)
