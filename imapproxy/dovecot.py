@@ -225,6 +225,9 @@ class Dovecot:
                 if "Address already in use" in str(e) and attempt + 1 < _PORT_ATTEMPTS:
                     continue  # lost the race for the free port; pick new ones
                 raise
+            except BaseException:  # e.g. Ctrl-C while waiting: leave nothing running
+                self.stop()
+                raise
         raise AssertionError("unreachable")
 
     def _wait_ready(self, deadline: float, log_offset: int) -> None:
