@@ -2,6 +2,19 @@
 
 Everything (config, sockets, state, log, passwd files, mail) lives inside ``workdir``;
 the server listens on loopback only and is stopped by the PID this object started.
+
+Behaviour worth knowing when testing against it:
+
+- Hierarchy separator is "/" (Maildir++ on disk); Drafts/Sent/Trash/Archive/Junk carry
+  SPECIAL-USE attributes when they exist (none is auto-created).
+- AUTH=PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER; for the OAuth mechanisms the bearer token
+  is the user's password. User names are case-insensitive (Dovecot lowercases them).
+- Loopback is a trusted network: ID ("x-originating-ip" ...) is honoured and the login
+  log line says "secured" for plaintext, "TLS" for TLS connections.
+- ``require_tls=True`` listens on 127.0.0.2 and trusts no network, because Dovecot never
+  enforces TLS for a client whose IP equals the server's or is trusted.
+- Failed logins answer after ~0.5 s and, unlike stock Dovecot, do not slow down later
+  logins from the same IP. stop() takes ~1 s (Dovecot's master waits for its logger).
 """
 
 from __future__ import annotations
