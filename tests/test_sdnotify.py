@@ -162,8 +162,6 @@ def test_proxy_process_notifies_ready_reloading_stopping() -> None:
             assert p.recv() == "READY=1"
             with socket.create_connection(("127.0.0.1", p.listen), timeout=5):
                 pass  # bound before READY=1
-            # Settle: signal handlers are installed just after READY=1 today (see the next test).
-            time.sleep(0.5)
             p.proc.send_signal(signal.SIGHUP)
             reloading = p.recv().split("\n")
             assert reloading[0] == "RELOADING=1"
