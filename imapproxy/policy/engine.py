@@ -19,6 +19,11 @@ LIST/LSUB name patterns, not mailboxes, and are never matched by ``when.mailbox`
 
 When a rule that blocks or rewrites depends on arguments the engine cannot parse, the
 command is refused rather than forwarded unchecked (fail closed).
+
+Children of a mapped name are found across the server's hierarchy delimiter, learned from
+LIST/LSUB replies passing through ``rewrite_response`` (``LIST "" ""`` or any mapped name);
+``/`` is assumed until then. A policy is shared by all sessions; on reload, ``carry_over``
+hands the learned delimiter to the new one.
 """
 
 from __future__ import annotations
@@ -115,27 +120,22 @@ class Verdict:
 _PASS = Verdict(None, None, None, ())
 
 
-class _Args:
-    """A command's parsed arguments, parsed at most once per decide()."""
+def _parse(raw: bytes, complete: bool) -> ParsedCommand | None:
+    """The command's arguments, or None when they cannot be parsed.
 
-    __slots__ = ("cmd", "prefix_end")
-
-    def __init__(self, cmd: ParsedCommand | None, prefix_end: int) -> None:
-        self.cmd = cmd  # None: could not be parsed
-        self.prefix_end = prefix_end  # rewrites splice raw[:prefix_end]; the rest is kept
-
-
-def _parse(raw: bytes, complete: bool) -> _Args:
+    Token offsets index ``raw`` itself, so rewrites splice the original bytes; when the
+    command is incomplete, parsing stops before the live literal's announcement (APPEND's
+    message), which a rewrite then keeps as it is.
+    """
     end = len(raw)
     if not complete:
-        # Only up to a live literal (APPEND's message): parse what precedes its announcement.
         m = _TRAILING_LITERAL.search(raw)
         if m is not None:
             end = m.start()
     try:
-        return _Args(parse_command(raw[:end]), end)
+        return parse_command(raw[:end])
     except TokenError:
-        return _Args(None, end)
+        return None
 
 
 _CACHE_LIMIT = 4096  # verdicts kept per command name; cleared when full
@@ -255,6 +255,11 @@ class Policy:
         """The server's hierarchy delimiter; ``/`` is assumed until a LIST reply shows it."""
         return self._delimiter if self._delimiter_known else b"/"
 
+    def carry_over(self, previous: Policy) -> None:
+        """Keep what ``previous`` learned from the server (on reload: same upstream)."""
+        if previous._delimiter_known and not self._delimiter_known:
+            self.set_delimiter(previous._delimiter)
+
     def set_delimiter(self, delimiter: bytes | None) -> None:
         """Set the delimiter (b"" or None: flat namespace, names have no children)."""
         self._delimiter = delimiter or None
@@ -270,12 +275,12 @@ class Policy:
         rewrite = bool(self._map) and command in REWRITE_COMMANDS
         if not cands.matchers and not rewrite:
             return _PASS
-        args: _Args | None = None
+        args: ParsedCommand | None = None
         if cands.needs_args or rewrite:
             args = _parse(raw, complete)
 
         user = facts.user
-        if command == "LOGIN" and args is not None:
+        if command == "LOGIN" and cands.needs_args:
             login_user = _login_user(args)
             if login_user is not None:
                 user = login_user
@@ -290,7 +295,6 @@ class Policy:
         verdict = cands.verdict(facts.client_ip, user, mailboxes)
         if not rewrite or verdict.block is not None:
             return verdict
-        assert args is not None
         block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
         if block is None and rewritten is None:
             return verdict
@@ -298,7 +302,7 @@ class Policy:
         return Verdict(block, rewritten, verdict.log, matched, verdict.log_direction)
 
     def _involved_mailboxes(
-        self, facts: SessionFacts, command: str, args: _Args | None
+        self, facts: SessionFacts, command: str, args: ParsedCommand | None
     ) -> tuple[tuple[str, ...], bool]:
         """Decoded client-side names the command involves; ok=False if some were unreadable."""
         names: list[str] = []
@@ -307,7 +311,7 @@ class Policy:
         if command in SELECTED_COMMANDS and facts.selected is not None:
             names.append(_decoded_selected(facts.selected, delimiter))
         if command in MAILBOX_ARGS:
-            tokens = _mailbox_tokens(command, args.cmd) if args and args.cmd else None
+            tokens = _mailbox_tokens(command, args) if args is not None else None
             if tokens is None:
                 ok = False
             else:
@@ -316,10 +320,9 @@ class Policy:
         return tuple(names), ok
 
     def _rewrite_command(
-        self, command: str, raw: bytes, args: _Args, utf8: bool
+        self, command: str, raw: bytes, parsed: ParsedCommand | None, utf8: bool
     ) -> tuple[tuple[str, str] | None, bytes | None, tuple[str, ...]]:
         """(block, rewritten, rules applied): map mailbox arguments client -> upstream."""
-        parsed = args.cmd
         if parsed is None:
             return self._refuse(_UNPARSABLE_MESSAGE)
         delimiter = self.delimiter
@@ -417,8 +420,7 @@ class Policy:
 Policy.EMPTY = Policy(())
 
 
-def _login_user(args: _Args) -> str | None:
-    parsed = args.cmd
+def _login_user(parsed: ParsedCommand | None) -> str | None:
     if parsed is None or not parsed.args or parsed.args[0].kind is TokenKind.LIST:
         return None
     return parsed.args[0].value.decode("utf-8", "replace")

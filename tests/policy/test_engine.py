@@ -520,6 +520,17 @@ def test_delimiter_is_learned_from_list_replies() -> None:
     assert rewritten == b"a SELECT Old/Archive\r\n"
 
 
+def test_reloaded_policy_keeps_the_learned_delimiter() -> None:
+    old, new, fresh = compile_rules(REWRITE), compile_rules(REWRITE), compile_rules(REWRITE)
+    old.rewrite_response(b'* LIST (\\Noselect) "." ""\r\n')
+    new.carry_over(old)
+    assert new.delimiter == b"."
+    fresh.carry_over(compile_rules(REWRITE))  # nothing learned: nothing carried
+    assert fresh.delimiter == b"/"
+    fresh.rewrite_response(b'* LIST (\\Noselect) NIL ""\r\n')
+    assert fresh.delimiter is None
+
+
 def test_first_mapped_list_reply_teaches_the_delimiter() -> None:
     policy = compile_rules("- {name: a, action: rewrite_mailbox, from: Archive, to: Old.Archive}\n")
     assert policy.rewrite_response(b'* LIST () "." Old.Archive.y\r\n') == (
