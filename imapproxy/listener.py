@@ -156,10 +156,10 @@ class Proxy:
                     accepting.start_soon(self._accept_loop, lst, name, sessions)
                 accepting.start_soon(self._watch_signals, signals)
                 await self._stop.wait()
+                sdnotify.stopping()
                 accepting.cancel_scope.cancel()
             for lst, _ in named:
                 await lst.aclose()
-            sdnotify.stopping()
             log_event(
                 log, "stopping", active_sessions=self.active, grace_period=cfg.limits.grace_period
             )
@@ -231,6 +231,13 @@ class Proxy:
             driver = SessionDriver(self._context(host, listener), stream, f"{host}:{port}")
             self._drivers.add(driver)
             await driver.run()
+        except Exception:  # whatever went wrong, it ends this session, never the process
+            log.exception("session setup failed for %s:%s", host, port)
+            with trio.move_on_after(2):
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
         finally:
             if driver is not None:
                 self._drivers.discard(driver)

@@ -464,7 +464,7 @@ class Session:
         self._out.notes.append(CommandBlocked(rule, cmd.name))
         self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
         code = rule if _is_atom(rule) else "POLICY"
-        self._out.to_client.append(cmd.tag + b" NO [%s] %s\r\n" % (code.encode(), message.encode()))
+        self._answer(cmd, b"NO [%s] %s" % (code.encode(), message.encode()))
         return True
 
     def _client_error(self, exc: ProtocolError) -> None:
