@@ -1,0 +1,472 @@
+"""imapproxy benchmark: direct vs haproxy (TCP mode) vs imapproxy, interleaved, one Dovecot.
+
+    python3 bench/run.py [--quick] [--modes bulk,steady,session,idle] [--rounds N]
+                         [--json out.json] [--no-metrics-target] [--profile cprofile]
+
+See bench/README.md for what each mode measures and why the targets are interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workloads
+from targets import (
+    Contention,
+    Lab,
+    raise_nofile,
+    start_ceiling_server,
+    stop_process,
+)
+
+MODES = ("bulk", "steady", "session", "idle")
+RELAYS = ("haproxy", "imapproxy", "imapproxy+metrics")
+
+
+@dataclass
+class Plan:
+    rounds: int
+    bulk_fetches: int
+    steady_seconds: float
+    session_seconds: float
+    idle_sessions: int
+    idle_rounds: int
+    idle_concurrency: int = 50
+
+
+FULL = Plan(
+    rounds=7,
+    bulk_fetches=8,
+    steady_seconds=2.0,
+    session_seconds=3.0,
+    idle_sessions=1000,
+    idle_rounds=1,
+)
+QUICK = Plan(
+    rounds=2,
+    bulk_fetches=3,
+    steady_seconds=0.5,
+    session_seconds=0.7,
+    idle_sessions=200,
+    idle_rounds=1,
+)
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    extras: list[dict[str, float]] = field(default_factory=list)
+    latencies_ns: list[int] = field(default_factory=list)
+
+    def add(self, t: workloads.Trial) -> None:
+        self.values.append(t.value)
+        self.extras.append(t.extra)
+        self.latencies_ns.extend(t.latencies_ns)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def extra_median(self, key: str) -> float | None:
+        vals = [e[key] for e in self.extras if key in e]
+        return statistics.median(vals) if vals else None
+
+    def spread(self) -> float:
+        """(max - min) / median over rounds: how noisy this cell was."""
+        if len(self.values) < 2 or not self.median:
+            return 0.0
+        return (max(self.values) - min(self.values)) / self.median
+
+    def percentile_ms(self, q: float) -> float | None:
+        if not self.latencies_ns:
+            return None
+        lat = sorted(self.latencies_ns)
+        idx = min(len(lat) - 1, max(0, round(q * (len(lat) - 1))))
+        return lat[idx] / 1e6
+
+
+# --- running -------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def interleave(
+    name: str,
+    targets: list[str],
+    rounds: int,
+    trial: Callable[[str], workloads.Trial],
+    warmup: bool = True,
+) -> dict[str, Cell]:
+    """A B C A B C ...: every round runs each target once, in the same order."""
+    cells = {t: Cell() for t in targets}
+    if warmup:
+        for t in targets:
+            trial(t)
+    for r in range(rounds):
+        for t in targets:
+            probe = Contention()
+            result = trial(t)
+            result.extra["foreign_cpu"] = probe.foreign()
+            cells[t].add(result)
+        summary = "  ".join(f"{t}={cells[t].values[-1]:.1f}" for t in targets)
+        log(f"{name} round {r + 1}/{rounds}: {summary}")
+    return cells
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    plan = QUICK if args.quick else FULL
+    if args.rounds:
+        plan.rounds = args.rounds
+    if args.idle_sessions:
+        plan.idle_sessions = args.idle_sessions
+    modes = [m for m in args.modes.split(",") if m]
+    bad = set(modes) - set(MODES)
+    if bad:
+        raise SystemExit(f"unknown modes: {', '.join(sorted(bad))}")
+    targets = [t for t in args.targets.split(",") if t]
+    if args.no_metrics_target and "imapproxy+metrics" in targets:
+        targets.remove("imapproxy+metrics")
+    nofile = raise_nofile(max(65536, plan.idle_sessions * 4))
+
+    workdir = Path(tempfile.mkdtemp(prefix="imapproxy-bench-"))
+    lab = Lab(
+        workdir,
+        metrics_target="imapproxy+metrics" in targets,
+        profile=args.profile,
+        haproxy_threads=args.haproxy_threads,
+    )
+    results: dict[str, dict[str, Cell]] = {}
+    notes: dict[str, object] = {}
+    t_start = time.monotonic()
+    try:
+        log(f"starting Dovecot, relays ({', '.join(targets)}) in {workdir}")
+        lab.start(targets)
+        box = lab.mailbox
+        assert box is not None
+        for t in targets:
+            workloads.verify_bulk(lab.targets[t].address, box)
+        log("seeded and verified: bulk and 2 KB bodies arrive byte-identical on every target")
+        addr = {t: lab.targets[t].address for t in targets}
+        pid = {t: lab.targets[t].pid for t in targets}
+
+        if "bulk" in modes:
+            proc, ceiling_addr = start_ceiling_server(len(box.bulk))
+            try:
+                c = workloads.ceiling(ceiling_addr, len(box.bulk), max(plan.bulk_fetches, 5))
+            finally:
+                stop_process(proc)
+            notes["client_ceiling_MBps"] = round(c.value, 1)
+            notes["client_ceiling_cpu"] = round(c.extra["client_cpu"], 2)
+            log(f"client ceiling (no server cost): {c.value:.0f} MB/s")
+            results["bulk"] = interleave(
+                "bulk",
+                targets,
+                plan.rounds,
+                lambda t: workloads.bulk(addr[t], box, plan.bulk_fetches, pid[t]),
+            )
+        if "steady" in modes:
+            results["steady"] = interleave(
+                "steady",
+                targets,
+                plan.rounds,
+                lambda t: workloads.steady(addr[t], box, plan.steady_seconds, 200_000, pid[t]),
+            )
+        if "session" in modes:
+            results["session"] = interleave(
+                "session",
+                targets,
+                plan.rounds,
+                lambda t: workloads.session(addr[t], box, plan.session_seconds, 20_000, pid[t]),
+            )
+        if "idle" in modes:
+            relays = [t for t in targets if t != "direct"]
+            results["idle"] = interleave(
+                "idle",
+                relays,
+                plan.idle_rounds,
+                lambda t: workloads.idle(
+                    addr[t], pid[t] or 0, plan.idle_sessions, plan.idle_concurrency
+                ),
+                warmup=False,
+            )
+        for t in targets:
+            if lab.targets[t].notes:
+                notes[t] = lab.targets[t].notes
+    finally:
+        lab.stop()
+    elapsed = time.monotonic() - t_start
+    if args.profile:
+        notes["profiles"] = sorted(
+            str(p) for p in [*workdir.glob("*.pstats"), *workdir.glob("*.pyspy.txt")]
+        )
+    elif not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "targets": targets,
+        "plan": plan.__dict__,
+        "results": results,
+        "notes": notes,
+        "env": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "nofile": nofile,
+            "elapsed_s": round(elapsed, 1),
+            "workdir": str(workdir),
+        },
+    }
+
+
+# --- reporting -------------------------------------------------------------------------------
+@dataclass
+class Row:
+    mode: str
+    metric: str
+    values: dict[str, float | None]
+    higher_is_better: bool
+    spreads: dict[str, float] = field(default_factory=dict)
+
+
+def rows_of(results: dict[str, dict[str, Cell]]) -> list[Row]:
+    rows: list[Row] = []
+
+    def med(mode: str, key: str | None = None) -> dict[str, float | None]:
+        cells = results[mode]
+        return {t: (c.median if key is None else c.extra_median(key)) for t, c in cells.items()}
+
+    def spreads(mode: str) -> dict[str, float]:
+        return {t: c.spread() for t, c in results[mode].items()}
+
+    if "bulk" in results:
+        rows.append(Row("bulk", "MB/s", med("bulk"), True, spreads("bulk")))
+    if "steady" in results:
+        cells = results["steady"]
+        rows.append(Row("steady", "commands/s", med("steady"), True, spreads("steady")))
+        rows.append(
+            Row("steady", "p50 ms", {t: c.percentile_ms(0.50) for t, c in cells.items()}, False)
+        )
+        rows.append(
+            Row("steady", "p99 ms", {t: c.percentile_ms(0.99) for t, c in cells.items()}, False)
+        )
+    if "session" in results:
+        rows.append(Row("session", "sessions/s", med("session"), True, spreads("session")))
+    if "idle" in results:
+        rows.append(Row("idle", "KiB/session (RSS)", med("idle"), False))
+        rows.append(Row("idle", "KiB/session (PSS)", med("idle", "pss_per_session_kib"), False))
+    return rows
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def main_table(rows: list[Row]) -> str:
+    head = (
+        "| mode | metric | direct | haproxy | imapproxy | imapproxy/haproxy "
+        "| imapproxy/direct | haproxy/direct |"
+    )
+    out = [head, "|" + "---|" * 8]
+    for r in rows:
+        v = r.values
+        d, h, i = v.get("direct"), v.get("haproxy"), v.get("imapproxy")
+        out.append(
+            f"| {r.mode} | {r.metric} | {fmt(d)} | {fmt(h)} | {fmt(i)} | {ratio(i, h)} "
+            f"| {ratio(i, d)} | {ratio(h, d)} |"
+        )
+    return "\n".join(out)
+
+
+def extra_table(rows: list[Row], targets: list[str]) -> str | None:
+    """Targets beyond the main three (imapproxy with metrics on, baseline relays)."""
+    extra = [t for t in targets if t not in ("direct", "haproxy", "imapproxy")]
+    if not extra:
+        return None
+    head = "| mode | metric | imapproxy |" + "".join(
+        f" {t} | {t}/haproxy | {t}/imapproxy |" for t in extra
+    )
+    out = [head, "|" + "---|" * (3 + 3 * len(extra))]
+    for r in rows:
+        v = r.values
+        i, h = v.get("imapproxy"), v.get("haproxy")
+        cells = "".join(
+            f" {fmt(v.get(t))} | {ratio(v.get(t), h)} | {ratio(v.get(t), i)} |" for t in extra
+        )
+        out.append(f"| {r.mode} | {r.metric} | {fmt(i)} |{cells}")
+    return "\n".join(out)
+
+
+def detail_lines(results: dict[str, dict[str, Cell]], notes: dict[str, object]) -> list[str]:
+    lines: list[str] = []
+    if "client_ceiling_MBps" in notes:
+        lines.append(
+            f"- client ceiling (same client, canned 10 MB answers, no IMAP server): "
+            f"{notes['client_ceiling_MBps']} MB/s at "
+            f"{float(notes['client_ceiling_cpu']):.0%} client CPU"
+        )
+    for mode in ("bulk", "steady", "session"):
+        if mode not in results:
+            continue
+        parts = []
+        for t, c in results[mode].items():
+            pc, cc = c.extra_median("proxy_cpu"), c.extra_median("client_cpu")
+            cpu = f", relay CPU {pc:.0%}" if pc is not None else ""
+            parts.append(f"{t}: spread {c.spread():.0%}, client CPU {cc or 0:.0%}{cpu}")
+        foreign = [e.get("foreign_cpu", 0.0) for c in results[mode].values() for e in c.extras]
+        lines.append(
+            f"- {mode}: "
+            + "; ".join(parts)
+            + f"; other processes used {statistics.median(foreign):.0%} of the machine "
+            f"(max {max(foreign):.0%})"
+        )
+    if "steady" in results:
+        for t, c in results["steady"].items():
+            kinds = ", ".join(
+                f"{k} {c.extra_median('p50_ms ' + k):.3f}"
+                for k in workloads.STEADY_KINDS
+                if c.extra_median("p50_ms " + k) is not None
+            )
+            lines.append(f"- steady p50 ms by command, {t}: {kinds}")
+    if "idle" in results:
+        for t, c in results["idle"].items():
+            e = c.extras[-1]
+            lines.append(
+                f"- idle {t}: RSS {e['rss_before_kib']:.0f} -> {e['rss_after_kib']:.0f} KiB "
+                f"with sessions open, {e['rss_closed_kib']:.0f} KiB after closing them "
+                f"(opened in {e['open_seconds']:.1f} s)"
+            )
+    return lines
+
+
+TARGETS_SPEC = (
+    ("bulk", "MB/s", "ratio", 0.85),
+    ("steady", "commands/s", "ratio", 0.85),
+    ("session", "sessions/s", "ratio", 0.85),
+    ("steady", "p99 ms", "plus_ms", 2.0),
+    ("idle", "KiB/session (RSS)", "max", 24.0),
+)
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    by_key = {(r.mode, r.metric): r for r in rows}
+    out = []
+    for mode, metric, kind, limit in TARGETS_SPEC:
+        r = by_key.get((mode, metric))
+        if r is None:
+            continue
+        i, h = r.values.get("imapproxy"), r.values.get("haproxy")
+        if i is None or (h is None and kind != "max"):
+            continue
+        if kind == "ratio":
+            assert h is not None
+            ok, text = i / h >= limit, f"{i / h:.2f} of haproxy (target >= {limit})"
+        elif kind == "plus_ms":
+            assert h is not None
+            ok, text = i <= h + limit, f"{i:.2f} ms vs haproxy {h:.2f} ms (target <= +{limit} ms)"
+        else:
+            ok, text = i <= limit, f"{i:.1f} KiB (target <= {limit})"
+        out.append(f"- {'PASS' if ok else 'MISS'} {mode} {metric}: {text}")
+    return out
+
+
+def to_json(report: dict[str, object], rows: list[Row]) -> dict[str, object]:
+    results = report["results"]
+    assert isinstance(results, dict)
+    raw = {
+        mode: {
+            t: {
+                "values": c.values,
+                "median": c.median,
+                "spread": c.spread(),
+                "p50_ms": c.percentile_ms(0.5),
+                "p99_ms": c.percentile_ms(0.99),
+                "extras": c.extras,
+            }
+            for t, c in cells.items()
+        }
+        for mode, cells in results.items()
+    }
+    table = [{"mode": r.mode, "metric": r.metric, **r.values} for r in rows]
+    return {**{k: v for k, v in report.items() if k != "results"}, "table": table, "rounds": raw}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run, < 60 s")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ",".join(MODES))
+    p.add_argument(
+        "--targets",
+        default="direct,haproxy,imapproxy,imapproxy+metrics",
+        help="comma-separated, in interleaving order",
+    )
+    p.add_argument(
+        "--no-metrics-target", action="store_true", help="skip the imapproxy-with-metrics target"
+    )
+    p.add_argument("--rounds", type=int, help="interleaved rounds per mode")
+    p.add_argument("--idle-sessions", type=int, help="idle sessions to open (default 1000)")
+    p.add_argument("--haproxy-threads", type=int, help="haproxy nbthread (default: all CPUs)")
+    p.add_argument(
+        "--profile",
+        choices=["cprofile", "py-spy"],
+        help="profile imapproxy (cProfile wrapper, or py-spy record on its PID); "
+        "the files land in the work dir, py-spy's are summarised",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work dir (Dovecot, logs)")
+    p.add_argument("--json", type=Path, help="write all figures (every round) here")
+    args = p.parse_args(argv)
+
+    report = run(args)
+    results = report["results"]
+    assert isinstance(results, dict)
+    rows = rows_of(results)
+    print()
+    print(main_table(rows))
+    mt = extra_table(rows, report["targets"])  # type: ignore[arg-type]
+    if mt:
+        print()
+        print(mt)
+    print()
+    notes = report["notes"]
+    assert isinstance(notes, dict)
+    for line in [*verdicts(rows), *detail_lines(results, notes)]:
+        print(line)
+    env = report["env"]
+    assert isinstance(env, dict)
+    plan = report["plan"]
+    print(
+        f"- {plan['rounds']} interleaved rounds per mode; {env['cpus']} CPUs; "
+        f"Python {env['python']}; {env['elapsed_s']} s in all"
+    )
+    if "profiles" in notes:
+        print(f"- cProfile output: {', '.join(notes['profiles'])}")  # type: ignore[arg-type]
+    if args.json:
+        args.json.write_text(json.dumps(to_json(report, rows), indent=1, default=str))
+        print(f"- JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
