@@ -475,6 +475,16 @@ ERRORS: dict[str, tuple[str, str]] = {
         "rules:\n  - name: x\n    action: block\n    when: {command: }\n",
         "c.yaml:4:12: rules[0].when.command is empty; remove it or give a value",
     ),
+    "mailbox condition on a command without mailbox": (
+        "rules:\n  - name: x\n    action: block\n"
+        "    when: {command: [DELETE, NOOP], mailbox: [Archive]}\n",
+        "c.yaml:4:30: NOOP involves no mailbox, so rules[0].when.mailbox would never match it",
+    ),
+    "mailbox condition on LIST": (
+        "rules:\n  - name: x\n    action: log\n    when: {command: [lsub], mailbox: [A]}\n",
+        "c.yaml:4:22: LSUB names patterns, not mailboxes, so rules[0].when.mailbox would "
+        "never match it",
+    ),
     "unknown when key": (
         "rules:\n  - name: x\n    action: block\n    when: {comand: [DELETE]}\n",
         "c.yaml:4:12: unknown key 'comand' in rules[0].when (expected one of: client, "

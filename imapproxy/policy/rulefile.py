@@ -20,6 +20,7 @@ from typing import cast
 
 from yaml.nodes import MappingNode
 
+from imapproxy.policy.engine import LIST_COMMANDS, MAILBOX_ARGS, SELECTED_COMMANDS
 from imapproxy.policy.matchers import glob_error
 from imapproxy.policy.model import ACTIONS, Action, Detail, Direction, Network, Rule, When
 from imapproxy.wire.commands import KNOWN_COMMANDS, is_known_command, normalise_command_name
@@ -181,6 +182,7 @@ def _parse_when(node: YNode, what: str) -> When:
     mapping = node.as_mapping(what)
     mapping.check_keys(_WHEN_KEYS)
     commands: list[str] = []
+    command_nodes: dict[str, YNode] = {}
     users: list[str] = []
     mailboxes: list[str] = []
     clients: list[Network] = []
@@ -196,6 +198,7 @@ def _parse_when(node: YNode, what: str) -> When:
             name = normalise_command_name(text)
             if name not in commands:
                 commands.append(name)
+                command_nodes[name] = item
     for key, globs in (("user", users), ("mailbox", mailboxes)):
         if (value := mapping.get(key)) is not None:
             for item, text in value.as_str_list(f"{what}.{key}"):
@@ -211,6 +214,16 @@ def _parse_when(node: YNode, what: str) -> When:
     for key in mapping:
         if mapping.get(key) is None:
             mapping.key_node(key).fail(f"{what}.{key} is empty; remove it or give a value")
+    if mailboxes:
+        # A mailbox condition on a command that involves no mailbox could never match.
+        for name in commands:
+            if name not in MAILBOX_ARGS and name not in SELECTED_COMMANDS:
+                kind = (
+                    "names patterns, not mailboxes"
+                    if name in LIST_COMMANDS
+                    else ("involves no mailbox")
+                )
+                command_nodes[name].fail(f"{name} {kind}, so {what}.mailbox would never match it")
     return When(tuple(commands), tuple(users), tuple(mailboxes), tuple(clients), direction)
 
 
