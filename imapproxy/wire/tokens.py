@@ -52,6 +52,8 @@ _ATOM_RUN = re.compile(rb'[^ ()"\[\r\n]+')
 _QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
 _UNESCAPE = re.compile(rb"\\(.)")
 _LITERAL = re.compile(rb"(~?)\{(\d{1,19})(\+?)\}\r?\n")
+# Fetch attributes whose "[...]" section may contain spaces and lists (RFC 9051 fetch-att).
+_SECTION_ATOMS = frozenset({b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
 _ATOM_CHARS = re.compile(rb'[^\x00-\x20(){%*"\\\x7f-\xff]+\Z')
 _QUOTABLE = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*\Z")
 
@@ -119,8 +121,10 @@ def _scan_atom(data: bytes, pos: int, stop: int) -> int:
         if m is not None:
             pos = m.end()
         if pos < stop and data[pos] == 0x5B:  # [ opens a section, e.g. BODY[HEADER.FIELDS (A)]
-            close = _section_end(data, pos, stop)
-            pos = close + 1
+            if data[start:pos].upper() in _SECTION_ATOMS:
+                pos = _section_end(data, pos, stop) + 1
+            else:
+                pos += 1  # elsewhere "[" is a plain ATOM-CHAR (mailbox "foo[bar", "[Gmail]/x")
             continue
         break
     if pos == start:
