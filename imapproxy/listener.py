@@ -23,6 +23,7 @@ from . import logs, sdnotify
 from .config import Config, ConfigError, load_config
 from .driver import SessionContext, SessionDriver, UpstreamConnector
 from .logs import log_event
+from .policy import Policy, SessionFacts
 from .session import SessionSettings
 from .telemetry import Telemetry
 from .tls import (
@@ -58,29 +59,28 @@ class Proxy:
         self._idle.set()
         self._stop = trio.Event()
         self._drivers: set[SessionDriver] = set()
-        self._settings = self._session_settings(config)
+        self._settings, self._policy = self._session_settings(config)
         # TLS contexts are costly to build: once in serve(), again on SIGHUP (see _endpoints).
         self._client_tls = ClientSideTLS()
         self._connect_upstream: UpstreamConnector | None = None
         self._tls_listeners: list[TLSListener] = []
 
     # --- configuration -----------------------------------------------------------------
-    def _session_settings(self, config: Config) -> SessionSettings:
-        policy = None
-        facts = None
-        if config.rules:
-            from .policy import Policy, SessionFacts  # noqa: PLC0415 - only when rules exist
-
-            policy = Policy.compile(config.rules)
-            facts = SessionFacts
+    def _session_settings(self, config: Config) -> tuple[SessionSettings, Policy | None]:
+        policy = Policy.compile(config.rules) if config.rules else None
         client_tls = config.client_tls
-        return SessionSettings(
+        settings = SessionSettings(
             max_line=config.limits.max_line,
             offer_starttls=client_tls is not None,
             require_tls=client_tls is not None and client_tls.require,
-            policy=policy,
-            facts=facts,
+            # Read per command, so a reload reaches sessions already open.
+            policy_source=self._current_policy,
+            facts=SessionFacts,
         )
+        return settings, policy
+
+    def _current_policy(self) -> Policy | None:
+        return self._policy
 
     def reload(self) -> bool:
         """Re-read the config; True when the new rules are in force."""
@@ -89,7 +89,7 @@ class Proxy:
         sdnotify.reloading()
         try:
             new = self._reload_config()
-            settings = self._session_settings(new)
+            settings, policy = self._session_settings(new)
             # Listeners stay bound where they are; the TLS one takes the file's new certificate.
             old_tls = self.config.listen_tls
             listen_tls = None
@@ -104,6 +104,7 @@ class Proxy:
             return False
         self.config = new
         self._settings = settings
+        self._policy = policy
         logs.reopen()
         self.telemetry.config_reloaded(True)
         log_event(log, "reloaded", rules=len(new.rules))

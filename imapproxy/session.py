@@ -109,6 +109,9 @@ class SessionSettings:
     require_tls: bool = False  # refuse LOGIN/AUTHENTICATE until the client leg is TLS
     client_tls_active: bool = False  # the client connected over implicit TLS
     policy: PolicyLike | None = None
+    # When set, consulted for every command instead of ``policy``: a reload (SIGHUP) then
+    # applies to sessions already open, from their next command on.
+    policy_source: Callable[[], PolicyLike | None] | None = None
     facts: FactsFactory | None = None  # builds the policy's SessionFacts
     hide_capabilities: frozenset[bytes] = frozenset({b"STARTTLS", b"LOGINDISABLED"})
 
@@ -173,6 +176,11 @@ class Session:
         self._caps = self._capability_filter()
 
     # === public API ====================================================================
+    @property
+    def policy(self) -> PolicyLike | None:
+        source = self.settings.policy_source
+        return source() if source is not None else self.settings.policy
+
     @property
     def client_paused(self) -> bool:
         return self.client.paused
@@ -246,7 +254,7 @@ class Session:
             return
         if name == "AUTHENTICATE":
             self._start_authenticate(cmd, ev.raw)
-        policy = self.settings.policy
+        policy = self.policy
         if policy is not None and policy.needs_arguments(name):
             self._held = [ev.raw]
             self._held_payload = 0
@@ -365,7 +373,7 @@ class Session:
         assert cmd is not None and held is not None
         self._held = None
         raw = b"".join(held)
-        policy = self.settings.policy
+        policy = self.policy
         assert policy is not None
         if cmd.name in _OBSERVED and complete:
             cmd.capture = [raw]
@@ -449,7 +457,7 @@ class Session:
         self._end_command()
 
     def _login_blocked(self, cmd: _Command) -> bool:
-        policy = self.settings.policy
+        policy = self.policy
         if policy is None:
             return False
         facts = self._make_facts(cmd.user, self.selected)
@@ -549,7 +557,7 @@ class Session:
             raw = self._caps.response_code(raw)
         elif word == "BYE":
             self._server_bye = True
-        policy = self.settings.policy
+        policy = self.policy
         if (
             policy is not None
             and word in ("LIST", "LSUB", "STATUS", "XLIST")
@@ -572,7 +580,7 @@ class Session:
         if isinstance(ev, ResponsePart) and ev.literal is None and not ev.partial:
             self._response_hold = None
             whole = b"".join(held)
-            policy = self.settings.policy
+            policy = self.policy
             rewritten = policy.rewrite_response(whole) if policy is not None else None
             self._out.to_client.append(rewritten if rewritten is not None else whole)
         elif sum(len(p) for p in held) > self.settings.max_line:
