@@ -99,7 +99,9 @@ def decode_mailbox(wire: bytes, utf8: bool = False, delimiter: bytes | None = b"
     ``inbox`` (and ``inbox/x``) is matched as ``INBOX``.
     """
     wire = canonical_inbox(wire, delimiter)
-    if utf8 or any(b >= 0x80 for b in wire):
+    if b"&" not in wire and wire.isascii():
+        return wire.decode("ascii")  # the common case: nothing to decode
+    if utf8 or not wire.isascii():
         return wire.decode("utf-8", "replace")
     try:
         return decode_mutf7(wire)
@@ -138,41 +140,52 @@ class _Entry:
     rule: str
 
 
-def _find(entries: Sequence[_Entry], name: bytes, delim: bytes | None) -> _Entry | None:
-    # Entries are sorted longest first, so the first hit is the longest matching prefix.
-    for entry in entries:
-        src = entry.src
-        if name.startswith(src) and (
-            len(name) == len(src) or (delim is not None and name.startswith(delim, len(src)))
-        ):
-            return entry
-    return None
+def _prefixes(name: bytes, delim: bytes | None, stop: int) -> list[int]:
+    """Lengths at which ``name[:length]`` could be a mapped name, longest first: the whole
+    name and every prefix ending just before a delimiter (within ``name[:stop]``)."""
+    lengths = [len(name)] if stop == len(name) else []
+    if delim:
+        end = stop
+        while (end := name.rfind(delim, 0, end)) > 0:
+            lengths.append(end)
+    return lengths
 
 
 class _Table:
-    """One direction of the mapping, in one wire encoding."""
+    """One direction of the mapping, in one wire encoding.
+
+    Lookups cost one dict probe per hierarchy level of the name, not one per rule.
+    """
 
     def __init__(self, pairs: Sequence[tuple[bytes, bytes, str]]) -> None:
         entries = [_Entry(_canonical_rule_name(s), d, r) for s, d, r in pairs]
-        self.entries = sorted(entries, key=lambda e: len(e.src), reverse=True)
+        self.entries = {entry.src: entry for entry in entries}
 
     def apply(self, name: bytes, delim: bytes | None) -> tuple[bytes, str | None]:
-        entry = _find(self.entries, canonical_inbox(name, delim), delim)
-        if entry is None:
-            return name, None
-        return entry.dst + name[len(entry.src) :], entry.rule
+        canon = canonical_inbox(name, delim)
+        for length in _prefixes(canon, delim, len(canon)):
+            entry = self.entries.get(canon[:length])
+            if entry is not None:
+                return entry.dst + name[length:], entry.rule
+        return name, None
 
     def apply_pattern(self, pattern: bytes, delim: bytes | None) -> tuple[bytes, str | None]:
         """Like apply, but a mapped name followed by a LIST wildcard maps too."""
         canon = canonical_inbox(pattern, delim)
-        for entry in self.entries:
-            src = entry.src
-            if canon.startswith(src) and (
-                len(canon) == len(src)
-                or canon[len(src) : len(src) + 1] in (b"*", b"%")
-                or (delim is not None and canon.startswith(delim, len(src)))
-            ):
-                return entry.dst + pattern[len(src) :], entry.rule
+        # Mapped names hold no wildcard: only the part before the first one can match.
+        wild = min((i for i in (canon.find(b"*"), canon.find(b"%")) if i >= 0), default=-1)
+        lengths = (
+            _prefixes(canon, delim, len(canon))
+            if wild < 0
+            else [
+                wild,
+                *_prefixes(canon, delim, wild),
+            ]
+        )
+        for length in lengths:
+            entry = self.entries.get(canon[:length])
+            if entry is not None:
+                return entry.dst + pattern[length:], entry.rule
         return pattern, None
 
 
