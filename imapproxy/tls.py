@@ -1,0 +1,358 @@
+"""TLS on both legs: contexts, client STARTTLS and implicit TLS, upstream STARTTLS/implicit.
+
+Client side: the pure session decides STARTTLS; this module only supplies the handshake
+(``client_starttls``) and the implicit-TLS listener (``TLSListener``). Contexts are built
+once per config (building one costs ~0.2 s with the system CA store) and rebuilt on SIGHUP,
+so a renewed certificate applies to the next handshake.
+
+Upstream STARTTLS happens before the session sees a byte: the connector reads the greeting,
+makes sure STARTTLS is offered, upgrades, asks CAPABILITY again over TLS and hands the
+session a stream that starts with a synthesized greeting carrying the post-TLS
+capabilities. Nothing read in plaintext except the greeting's human text reaches the
+client, and a byte after the tagged OK to STARTTLS fails the session (CVE-2011-0411 class):
+it can only be an injection. There is no fallback to plaintext.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import trio
+
+from .driver import ClientTLSStarter, UpstreamConnector, UpstreamTLSError
+from .logs import log_event
+
+if TYPE_CHECKING:
+    from .config import ClientTLS, TLSListen, Upstream
+    from .telemetry import Telemetry
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "ClientSideTLS",
+    "TLSListener",
+    "TLSSetupError",
+    "accept_handshake",
+    "client_side_tls",
+    "client_starttls",
+    "server_context",
+    "starttls_upstream",
+    "tls_listeners",
+    "tls_upstream_connector",
+    "upstream_context",
+]
+
+log = logging.getLogger("imapproxy.tls")
+
+HANDSHAKE_TIMEOUT = 10.0  # a client that does not finish a handshake in this time is dropped
+MAX_NEGOTIATION_LINE = 64 * 1024  # capability lines are a few hundred bytes
+_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+_S = TypeVar("_S", bound=trio.abc.Stream)
+
+
+class TLSSetupError(OSError):
+    """A certificate, key or CA file could not be used. An OSError so the command line
+    reports it like a port that cannot be bound: one line, exit status 1."""
+
+
+# --- contexts ----------------------------------------------------------------------------
+def server_context(
+    cert: Path, key: Path, min_version: str = "TLSv1.2", ciphers: str | None = None
+) -> ssl.SSLContext:
+    """The client-facing context: TLS 1.2+ unless configured otherwise."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _VERSIONS[min_version]
+    # Client-initiated renegotiation only costs the server CPU; IMAP never needs it.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    try:
+        if ciphers is not None:
+            ctx.set_ciphers(ciphers)
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSetupError(f"cannot use certificate {cert} with key {key}: {exc}") from exc
+    return ctx
+
+
+def upstream_context(upstream: Upstream) -> ssl.SSLContext:
+    """Verifying by default: system CAs plus ``ca_file``; ``verify: false`` warns."""
+    try:
+        ctx = ssl.create_default_context()
+        if upstream.ca_file is not None:
+            ctx.load_verify_locations(cafile=upstream.ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSetupError(f"cannot load upstream.ca_file {upstream.ca_file}: {exc}") from exc
+    if not upstream.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        log_event(
+            log,
+            "upstream_verify_disabled",
+            upstream=str(upstream.address),
+            detail="upstream.verify is false: the mail server's certificate is not checked, "
+            "anyone on the path can read the traffic",
+            level=logging.WARNING,
+        )
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSideTLS:
+    """The client-facing TLS of one config (STARTTLS starter, implicit-TLS context)."""
+
+    start_tls: ClientTLSStarter | None = None
+    listen_context: ssl.SSLContext | None = None
+
+
+def client_side_tls(client_tls: ClientTLS | None, listen_tls: TLSListen | None) -> ClientSideTLS:
+    """Build (or, on SIGHUP, rebuild) the client-facing contexts. The implicit listener
+    takes its cert/key from ``listen_tls`` and version/ciphers from ``client_tls``."""
+    version = client_tls.min_version if client_tls is not None else "TLSv1.2"
+    ciphers = client_tls.ciphers if client_tls is not None else None
+    start = None
+    if client_tls is not None:
+        start = client_starttls(server_context(client_tls.cert, client_tls.key, version, ciphers))
+    listen_ctx = None
+    if listen_tls is not None:
+        listen_ctx = server_context(listen_tls.cert, listen_tls.key, version, ciphers)
+    return ClientSideTLS(start, listen_ctx)
+
+
+# --- client side -------------------------------------------------------------------------
+def client_starttls(context: ssl.SSLContext) -> ClientTLSStarter:
+    """The driver's STARTTLS step: wrap the client stream and finish the handshake in time."""
+
+    async def start(stream: trio.abc.Stream) -> trio.abc.Stream:
+        tls = trio.SSLStream(stream, context, server_side=True)
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await tls.do_handshake()
+        return tls
+
+    return start
+
+
+class TLSListener(trio.abc.Listener[trio.SSLStream[trio.SocketStream]]):
+    """Implicit TLS (port 993). ``accept`` returns at once; the session task runs the
+    handshake (``accept_handshake``) so one slow client cannot stall the accept loop.
+    ``context`` is replaced on SIGHUP."""
+
+    def __init__(self, transport: trio.SocketListener, context: ssl.SSLContext) -> None:
+        self.transport = transport
+        self.context = context
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self.transport.socket
+
+    async def accept(self) -> trio.SSLStream[trio.SocketStream]:
+        stream = await self.transport.accept()
+        return trio.SSLStream(stream, self.context, server_side=True)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def tls_listeners(listen_tls: TLSListen, context: ssl.SSLContext) -> list[TLSListener]:
+    address = listen_tls.address
+    transports = await trio.open_tcp_listeners(address.port, host=address.host)
+    return [TLSListener(t, context) for t in transports]
+
+
+async def accept_handshake(
+    stream: trio.SSLStream[trio.SocketStream], telemetry: Telemetry, peer: str
+) -> bool:
+    """Handshake with a client of the implicit listener; False (stream closed) on failure."""
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+        telemetry.tls_handshake("client", "failed")
+        log_event(log, "client_tls_failed", client=peer, error=_reason(exc))
+        await trio.aclose_forcefully(stream)
+        return False
+    telemetry.tls_handshake("client", "ok")
+    return True
+
+
+# --- upstream side -----------------------------------------------------------------------
+def tls_upstream_connector(upstream: Upstream, telemetry: Telemetry) -> UpstreamConnector:
+    """A connector for ``tls: implicit`` or ``tls: starttls``; builds its context now."""
+    context = upstream_context(upstream)
+    host, port = upstream.address.host, upstream.address.port
+    server_name = upstream.server_name or host
+    implicit = upstream.tls == "implicit"
+
+    async def connect() -> trio.abc.Stream:
+        tcp = await trio.open_tcp_stream(host, port)
+        try:
+            if implicit:
+                tls = trio.SSLStream(tcp, context, server_hostname=server_name)
+                await _handshake(tls, telemetry)
+                return tls
+            return await starttls_upstream(tcp, context, server_name, telemetry)
+        except BaseException:  # failures and the driver's connect timeout alike
+            await trio.aclose_forcefully(tcp)
+            raise
+
+    return connect
+
+
+async def starttls_upstream(
+    stream: trio.abc.Stream, context: ssl.SSLContext, server_name: str, telemetry: Telemetry
+) -> trio.abc.Stream:
+    """Upgrade a fresh plaintext upstream connection; raise UpstreamTLSError on anything
+    but a clean upgrade. Returns the TLS stream behind a synthesized greeting."""
+    plain = _Lines(stream)
+    greeting = await plain.line()
+    status, code, text = _status(greeting[2:] if greeting[:2] == b"* " else b"")
+    if status != b"OK":
+        raise UpstreamTLSError(f"upstream greeting is not '* OK': {_show(greeting)}")
+    caps = code[11:] if code[:11].upper() == b"CAPABILITY " else None
+    if caps is None:
+        caps, _ = await _command(plain, b"tls1", b"CAPABILITY", "CAPABILITY")
+    if b"STARTTLS" not in caps.upper().split():
+        raise UpstreamTLSError("upstream does not offer STARTTLS")
+    await _command(plain, b"tls2", b"STARTTLS", "STARTTLS")
+    if plain.buffered:
+        # Bytes after the OK were sent in plaintext but would be read as if they came
+        # over TLS: an injection (CVE-2011-0411 class). Never interpret them.
+        raise UpstreamTLSError(f"upstream sent {plain.buffered} bytes after the STARTTLS OK")
+    tls = trio.SSLStream(stream, context, server_hostname=server_name)
+    await _handshake(tls, telemetry)
+    secure = _Lines(tls)
+    caps, _ = await _command(secure, b"tls3", b"CAPABILITY", "CAPABILITY after STARTTLS")
+    code_part = b"[CAPABILITY " + b" ".join(caps.split()) + b"] " if caps.strip() else b""
+    synthesized = b"* OK " + code_part + (_printable(text) or b"ready") + b"\r\n"
+    return _Prefixed(tls, synthesized + secure.take_buffer())
+
+
+async def _handshake(tls: trio.SSLStream[_S], telemetry: Telemetry) -> None:
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        telemetry.tls_handshake("upstream", "failed")
+        raise UpstreamTLSError(f"TLS handshake failed: {_reason(exc)}") from exc
+    telemetry.tls_handshake("upstream", "ok")
+
+
+async def _command(lines: _Lines, tag: bytes, command: bytes, what: str) -> tuple[bytes, bytes]:
+    """Send ``tag command``; return (capabilities seen, tagged text) once tagged OK."""
+    await lines.send(tag + b" " + command + b"\r\n")
+    caps = b""
+    while True:
+        line = await lines.line()
+        if line[:2] == b"* ":
+            status, code, _ = _status(line[2:])
+            if status == b"CAPABILITY":
+                caps = line[2 + len(b"CAPABILITY ") :].rstrip(b"\r\n")
+            elif status == b"BYE":
+                raise UpstreamTLSError(f"upstream said BYE during {what}: {_show(line)}")
+            continue
+        if not line.startswith(tag + b" "):
+            raise UpstreamTLSError(f"unexpected answer to {what}: {_show(line)}")
+        status, code, text = _status(line[len(tag) + 1 :])
+        if status != b"OK":
+            raise UpstreamTLSError(f"upstream refused {what}: {_show(line)}")
+        if code[:11].upper() == b"CAPABILITY ":
+            caps = caps or code[11:]
+        return caps, text
+
+
+def _status(rest: bytes) -> tuple[bytes, bytes, bytes]:
+    """``OK [CODE args] text`` -> (b"OK", b"CODE args", b"text"); the word upper-cased."""
+    word, _, rest = rest.rstrip(b"\r\n").partition(b" ")
+    code = b""
+    if rest.startswith(b"["):
+        end = rest.find(b"]")
+        if end > 0:
+            code, rest = rest[1:end], rest[end + 1 :].lstrip(b" ")
+    return word.upper(), code, rest
+
+
+def _printable(text: bytes) -> bytes:
+    return bytes(c if 0x20 <= c < 0x7F else 0x3F for c in text[:200]).strip()
+
+
+def _show(line: bytes) -> str:
+    return line[:120].rstrip(b"\r\n").decode("ascii", "backslashreplace")
+
+
+def _reason(exc: BaseException) -> str:
+    # trio wraps the ssl module's error; its message says what failed (e.g. the verify error).
+    cause = exc.__cause__
+    if isinstance(exc, trio.TooSlowError):
+        return f"no handshake within {HANDSHAKE_TIMEOUT:g}s"
+    if isinstance(cause, ssl.SSLError) and cause.reason is not None:
+        return f"{cause.reason}: {getattr(cause, 'verify_message', None) or cause}"
+    return str(cause or exc) or type(exc).__name__
+
+
+class _Lines:
+    """Line reader for the short negotiation; keeps what it read past the last line."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def take_buffer(self) -> bytes:
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamTLSError(f"upstream connection lost during STARTTLS: {exc}") from exc
+
+    async def line(self) -> bytes:
+        while (end := self._buf.find(b"\n")) < 0:
+            if len(self._buf) > MAX_NEGOTIATION_LINE:
+                raise UpstreamTLSError("upstream sent an over-long line during STARTTLS")
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError as exc:
+                raise UpstreamTLSError(f"upstream connection lost during STARTTLS: {exc}") from exc
+            if not data:
+                raise UpstreamTLSError("upstream closed the connection during STARTTLS")
+            self._buf += data
+        line = bytes(self._buf[: end + 1])
+        del self._buf[: end + 1]
+        return line
+
+
+class _Prefixed(trio.abc.Stream):
+    """The upstream TLS stream, preceded by bytes the connector produced or already read."""
+
+    def __init__(self, ssl_stream: trio.SSLStream[trio.abc.Stream], prefix: bytes) -> None:
+        self.ssl_stream = ssl_stream  # the driver logs its version and cipher
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._prefix:
+            return await self.ssl_stream.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        n = len(self._prefix) if max_bytes is None else max_bytes
+        data, self._prefix = self._prefix[:n], self._prefix[n:]
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.ssl_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.ssl_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.ssl_stream.aclose()
