@@ -32,6 +32,7 @@ Couplings between directions, all resolved here:
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -74,6 +75,7 @@ MAX_CONSECUTIVE_BAD = 10
 # Commands whose arguments the session reads for itself (user, selected mailbox).
 _OBSERVED = frozenset({"LOGIN", "SELECT", "EXAMINE"})
 _DESELECTING = frozenset({"CLOSE", "UNSELECT"})
+_TRAILING_LITERAL = re.compile(rb" ?~?\{\d+\+?\}\r?\n\Z")
 
 
 # --- the policy seam (implemented by imapproxy.policy.Policy) --------------------------
@@ -160,6 +162,7 @@ class Session:
         self._out = Output()
         self._pending: dict[bytes, _Command] = {}
         self._current: _Command | None = None  # the command being read from the client
+        self._authenticating: _Command | None = None  # AUTHENTICATE until its tagged answer
         self._discarding = False  # drop the rest of the current command (blocked / bad)
         self._held: list[bytes] | None = None  # bytes of a command held for a verdict
         self._held_payload = 0
@@ -266,7 +269,7 @@ class Session:
         if name in _OBSERVED:
             cmd.capture = [ev.raw]
         if policy is not None:
-            verdict = policy.decide(self._facts(), name, ev.raw, ev.literal is None)
+            verdict = policy.decide(self._facts_for(cmd, ev.raw), name, ev.raw, ev.literal is None)
             if self._apply_verdict(cmd, verdict, ev.literal):
                 return
             raw = verdict.rewritten if verdict.rewritten is not None else ev.raw
@@ -316,7 +319,7 @@ class Session:
         self._to_upstream(data)
 
     def _on_sasl(self, ev: SaslResponse) -> None:
-        cmd = self._current
+        cmd = self._authenticating
         if cmd is not None and cmd.user is None and cmd.mechanism is not None:
             cmd.user = sasl_user(cmd.mechanism, ev.raw)
             if cmd.user is not None and self._login_blocked(cmd):
@@ -327,6 +330,7 @@ class Session:
         self._to_upstream(ev.raw)
 
     def _start_authenticate(self, cmd: _Command, raw: bytes) -> None:
+        self._authenticating = cmd
         words = raw.split(None, 3)
         cmd.mechanism = words[2].decode("ascii", "replace").upper() if len(words) > 2 else "?"
         if len(words) > 3 and words[3].strip() != b"=":  # SASL-IR initial response
@@ -359,13 +363,25 @@ class Session:
     # --- held commands (policy needs the arguments) -----------------------------------
     def _hold_literal(self, literal: LiteralHeader) -> None:
         self._held_payload += literal.size
-        if self._held_payload > self.settings.max_line:
-            # A large literal (APPEND's message): decide on what came before it and stream
-            # the payload; its "+" (if sync) will come from the upstream.
+        if self._held_payload > self.settings.max_line or self._append_target_known():
+            # A large literal, or APPEND's message once its mailbox is known: decide on what
+            # came before it and stream the payload; a blocked APPEND never gets a "+", and
+            # an allowed one gets the upstream's.
             self._release_held(complete=False)
         elif literal.sync:
             self._out.to_client.append(b"+ Ready for literal data\r\n")
             self.client.continuation_received()
+
+    def _append_target_known(self) -> bool:
+        """APPEND's first argument is the mailbox; every later literal is message data."""
+        cmd = self._current
+        if cmd is None or cmd.name != "APPEND" or self._held is None:
+            return False
+        head = _TRAILING_LITERAL.sub(b"", b"".join(self._held))  # the message's announcement
+        try:
+            return len(parse_command(head + b"\r\n").args) >= 1
+        except TokenError:
+            return False
 
     def _release_held(self, complete: bool) -> None:
         cmd = self._current
@@ -377,7 +393,7 @@ class Session:
         assert policy is not None
         if cmd.name in _OBSERVED and complete:
             cmd.capture = [raw]
-        verdict = policy.decide(self._facts_with_login(cmd, raw), cmd.name, raw, complete)
+        verdict = policy.decide(self._facts_for(cmd, raw), cmd.name, raw, complete)
         last_literal = literal_at_end(raw) if not complete else None
         if self._apply_verdict(cmd, verdict, last_literal):
             return
@@ -596,6 +612,8 @@ class Session:
         out = self._out
         tag = ev.tag
         cmd = self._pending.pop(tag, None)
+        if cmd is not None and cmd is self._authenticating:
+            self._authenticating = None
         if self._dance and tag == self._dance_tag:
             self._dance.clear()  # the upstream refused the held command mid-way
             self._flush_after_dance()
@@ -662,7 +680,10 @@ class Session:
     def _facts(self) -> object:
         return self._make_facts(self.user, self.selected)
 
-    def _facts_with_login(self, cmd: _Command, raw: bytes) -> object:
+    def _facts_for(self, cmd: _Command, raw: bytes) -> object:
+        """Facts for deciding ``cmd``: a login is judged by the user it names."""
+        if cmd.name == "AUTHENTICATE" and cmd.user is not None:
+            return self._make_facts(cmd.user, self.selected)
         if cmd.name == "LOGIN" and self.user is None:
             return self._make_facts(login_user(raw), self.selected)
         return self._facts()
