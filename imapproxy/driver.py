@@ -71,7 +71,7 @@ class SessionDriver:
         self._upstream_lock = trio.StrictFIFOLock()
         self._resume = trio.Event()
         self._idle_scope = trio.CancelScope()
-        self._tls_info: dict[str, Any] = {}
+        self._tls_info: dict[str, Any] = tls_details(client)  # implicit TLS: handshake done
 
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -126,6 +126,7 @@ class SessionDriver:
                 detail = str(exc)
             else:
                 tel.upstream_connected(time.monotonic() - t0)
+                self._tls_info.update(tls_details(self.upstream, "upstream_"))
                 log_event(log, "session_opened", session=self.id, client=self.peer)
                 return True
         if reason == "connect_timeout":
@@ -223,14 +224,18 @@ class SessionDriver:
             async with self._client_lock:
                 try:
                     await self.client.send_all(data)
+                    if out.start_client_tls:
+                        # Under the lock that sent the OK: no response may reach the client
+                        # in plaintext between the OK and the handshake.
+                        await self._start_client_tls()
                 except CONNECTION_ERRORS:
                     out.close = out.close or "client connection lost"
             self.bytes_down += len(data)
             self.ctx.telemetry.bytes_forwarded("upstream_to_client", len(data))
         if out.notes:
             self._observe(out)
-        if out.start_client_tls:
-            await self._start_client_tls()
+        if out.start_client_tls and out.close is None:
+            await self._execute(self.session.client_tls_started())
         if out.close is not None:
             self.close_reason = out.close
             raise _SessionOver
@@ -281,6 +286,7 @@ class SessionDriver:
         )
 
     async def _start_client_tls(self) -> None:
+        """The handshake after the session's ``OK Begin TLS`` (which it always sends)."""
         starter = self.ctx.start_client_tls
         assert starter is not None, "session asked for TLS without a client TLS context"
         try:
@@ -290,16 +296,20 @@ class SessionDriver:
             self.close_reason = f"client TLS handshake failed: {exc}"
             raise _SessionOver from exc
         self.ctx.telemetry.tls_handshake("client", "ok")
-        self._tls_info = tls_details(self.client)
-        await self._execute(self.session.client_tls_started())
+        self._tls_info.update(tls_details(self.client))
 
 
 class UpstreamTLSError(Exception):
     """The upstream leg could not be secured (no STARTTLS offered, handshake failed)."""
 
 
-def tls_details(stream: trio.abc.Stream) -> dict[str, object]:
+def tls_details(stream: trio.abc.Stream, prefix: str = "") -> dict[str, object]:
+    """Log fields for a TLS leg; an upstream STARTTLS stream wraps its SSLStream."""
+    stream = getattr(stream, "ssl_stream", stream)
     if isinstance(stream, trio.SSLStream):
         cipher = stream.cipher()
-        return {"tls_version": stream.version(), "tls_cipher": cipher[0] if cipher else None}
+        return {
+            f"{prefix}tls_version": stream.version(),
+            f"{prefix}tls_cipher": cipher[0] if cipher else None,
+        }
     return {}
