@@ -245,6 +245,7 @@ class Session:
 
     def _on_command(self, ev: Command) -> None:
         self._bad_streak = 0
+        self._discarding = False  # whatever was being dropped ended before this command
         cmd = _Command(ev.tag, ev.name, self._clock())
         cmd.bytes_in = len(ev.raw)
         self._current = cmd
@@ -497,6 +498,10 @@ class Session:
             self._fatal("client", exc.reason)
             return
         self._bad_streak += 1
+        # The rejected line may announce a non-synchronising literal: the parser skips its
+        # payload and the rest of the line as parts of that line; none of it is forwarded.
+        self._current = None
+        self._discarding = True
         tag = exc.tag if exc.tag is not None else b"*"
         self._out.to_client.append(tag + b" BAD " + exc.reason.encode() + b"\r\n")
         if self._bad_streak >= MAX_CONSECUTIVE_BAD:
