@@ -103,6 +103,8 @@ class Proxy:
             sdnotify.ready()
             return False
         self.config = new
+        if policy is not None and self._policy is not None:
+            policy.carry_over(self._policy)  # keep what was learned (the hierarchy delimiter)
         self._settings = settings
         self._policy = policy
         logs.reopen()

@@ -48,6 +48,7 @@ from .actions import (
     ResponseLogged,
     RuleHit,
 )
+from .policy.mailboxes import decode_mailbox
 from .sasl import login_user, sasl_user
 from .wire import (
     CLOSED,
@@ -75,6 +76,10 @@ MAX_CONSECUTIVE_BAD = 10
 # Commands whose arguments the session reads for itself (user, selected mailbox).
 _OBSERVED = frozenset({"LOGIN", "SELECT", "EXAMINE"})
 _DESELECTING = frozenset({"CLOSE", "UNSELECT"})
+# Untagged responses that name mailboxes, rewritten upstream->client by rewrite rules.
+_MAILBOX_RESPONSES = frozenset(
+    {"LIST", "LSUB", "STATUS", "XLIST", "MYRIGHTS", "ACL", "LISTRIGHTS", "QUOTAROOT", "METADATA"}
+)
 _TRAILING_LITERAL = re.compile(rb" ?~?\{\d+\+?\}\r?\n\Z")
 
 
@@ -353,7 +358,7 @@ class Session:
             except TokenError:
                 return
             value = args[0].astring() if args else None
-            cmd.mailbox = value.decode("utf-8", "replace") if value is not None else None
+            cmd.mailbox = decode_mailbox(value) if value is not None else None
 
     def _capture(self, cmd: _Command, data: bytes) -> None:
         assert cmd.capture is not None
@@ -581,12 +586,14 @@ class Session:
         policy = self.policy
         if (
             policy is not None
-            and word in ("LIST", "LSUB", "STATUS", "XLIST")
+            and word in _MAILBOX_RESPONSES
             and not ev.partial
             and policy.rewrites_responses()
         ):
             if ev.literal is None:
                 rewritten = policy.rewrite_response(raw)
+                if rewritten == b"":
+                    return  # an upstream name with no client-side form: hidden
                 raw = rewritten if rewritten is not None else raw
             else:
                 self._response_hold = [raw]
@@ -603,7 +610,8 @@ class Session:
             whole = b"".join(held)
             policy = self.policy
             rewritten = policy.rewrite_response(whole) if policy is not None else None
-            self._out.to_client.append(rewritten if rewritten is not None else whole)
+            if rewritten != b"":  # b"": hidden, see _on_untagged
+                self._out.to_client.append(rewritten if rewritten is not None else whole)
         elif sum(len(p) for p in held) > self.settings.max_line:
             self._response_hold = None  # too large to be a mailbox name: pass through as is
             self._out.to_client.append(b"".join(held))
