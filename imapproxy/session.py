@@ -576,6 +576,8 @@ class Session:
             self._response_bytes = 0  # the greeting answers no command
             if word == "PREAUTH":
                 self.user = self.user or "(preauth)"
+            elif word == "BYE":  # a refusing greeting: the client needs no second BYE
+                self._server_bye = True
             raw = self._caps.response_code(raw)
         elif word == "CAPABILITY":
             raw = self._caps.untagged(raw)
