@@ -167,7 +167,8 @@ class Session:
         self._out = Output()
         self._pending: dict[bytes, _Command] = {}
         self._current: _Command | None = None  # the command being read from the client
-        self._authenticating: _Command | None = None  # AUTHENTICATE until its tagged answer
+        # AUTHENTICATE whose first SASL response (the one naming the user) is still to come.
+        self._authenticating: _Command | None = None
         self._discarding = False  # drop the rest of the current command (blocked / bad)
         self._held: list[bytes] | None = None  # bytes of a command held for a verdict
         self._held_payload = 0
@@ -326,6 +327,7 @@ class Session:
 
     def _on_sasl(self, ev: SaslResponse) -> None:
         cmd = self._authenticating
+        self._authenticating = None  # later lines answer challenges (LOGIN: the password)
         if cmd is not None and cmd.user is None and cmd.mechanism is not None:
             cmd.user = sasl_user(cmd.mechanism, ev.raw)
             if cmd.user is not None and self._login_blocked(cmd):
@@ -341,6 +343,7 @@ class Session:
         cmd.mechanism = words[2].decode("ascii", "replace").upper() if len(words) > 2 else "?"
         if len(words) > 3 and words[3].strip() != b"=":  # SASL-IR initial response
             cmd.user = sasl_user(cmd.mechanism, words[3])
+            self._authenticating = None  # the initial response was the first one
 
     def _end_command(self) -> None:
         cmd = self._current
