@@ -174,7 +174,9 @@ class Session:
         self._held_payload = 0
         self._dance: deque[bytes] = deque()  # held segments waiting for upstream "+"
         self._dance_tag = b""
-        self._after_dance: list[bytes] = []  # client bytes that must not overtake them
+        # Client bytes that must not overtake them, and (tag, segments) of held commands
+        # released meanwhile: each starts its own dance when the one before it ends.
+        self._after_dance: list[bytes | tuple[bytes, list[bytes]]] = []
         self._greeted = False
         self._server_bye = False
         self._bad_streak = 0
@@ -420,10 +422,13 @@ class Session:
         to stream; its ``+`` belongs to the client, so it ends the last segment unqueued.
         """
         segments = _split_at_sync_literals(raw)
-        self._to_upstream(segments[0])
         rest = segments[1:]
         if live_tail and rest and not rest[-1]:
             rest = rest[:-1]
+        if self._dance:  # another held command is mid-dance: queue this one whole behind it
+            self._after_dance.append((tag, [segments[0], *rest]))
+            return
+        self._to_upstream(segments[0])
         if rest:
             self._dance.extend(rest)
             self._dance_tag = tag
@@ -677,9 +682,18 @@ class Session:
         self._out.to_upstream.append(data)
 
     def _flush_after_dance(self) -> None:
-        if self._after_dance:
-            self._out.to_upstream.extend(self._after_dance)
-            self._after_dance = []
+        queued, self._after_dance = self._after_dance, []
+        for i, item in enumerate(queued):
+            if not isinstance(item, tuple):
+                self._out.to_upstream.append(item)
+                continue
+            tag, segments = item
+            self._out.to_upstream.append(segments[0])
+            if len(segments) > 1:  # its own dance; what follows waits behind it again
+                self._dance.extend(segments[1:])
+                self._dance_tag = tag
+                self._after_dance = queued[i + 1 :]
+                return
 
     def _done_note(self, cmd: _Command, status: str, code: str | None, now: float) -> CommandDone:
         return CommandDone(
