@@ -792,3 +792,53 @@ def test_sasl_initial_response_user_is_checked_and_blocked() -> None:
     assert LoginDone("PLAIN", "blocked", "mallory") in pb.notes
     assert up(pb.c(b"b NOOP\r\n")) == b"b NOOP\r\n"
     assert_no_secret(pb, PASSWORD, creds)
+
+
+def test_held_append_blocked_before_its_message_gets_no_continuation() -> None:
+    policy = FakePolicy(needs=frozenset({"APPEND"}), blocks={"APPEND": ("ro", "Read-only")})
+    pb = policy_playbook(policy)
+    out = pb.c(b"a APPEND Archive (\\Seen) {5}\r\n")
+    assert down(out) == b"a NO [ro] Read-only\r\n"  # no "+": the message is never sent
+    assert up(out) == b""
+    assert up(pb.c(b"b NOOP\r\n")) == b"b NOOP\r\n"
+
+
+def test_held_append_allowed_gets_the_upstreams_continuation() -> None:
+    policy = FakePolicy(needs=frozenset({"APPEND"}))
+    pb = policy_playbook(policy)
+    out = pb.c(b"a APPEND INBOX {5}\r\n")
+    assert up(out) == b"a APPEND INBOX {5}\r\n" and down(out) == b""
+    assert down(pb.s(b"+ OK\r\n")) == b"+ OK\r\n"
+    assert up(pb.c(b"hello\r\n")) == b"hello\r\n"
+
+
+def test_response_rewritten_to_nothing_is_hidden() -> None:
+    pb = policy_playbook(FakePolicy(responses=lambda raw: b"" if b"Hidden" in raw else None))
+    pb.c(b'a LIST "" *\r\n')
+    out = pb.s(b'* LIST () "/" Hidden\r\n* LIST () "/" {6}\r\nHidden\r\n* LIST () "/" INBOX\r\n')
+    assert down(out) == b'* LIST () "/" INBOX\r\n'
+
+
+# Real Dovecot 2.3 (checked by hand against the test Dovecot) skips the arguments of a
+# command that takes none, and gives up on a line at its first syntax error; either way it
+# never reads a trailing {n+} literal and runs the "payload" as the next command. The framer
+# takes every {n+} at a line end for a literal, so such a command passes the policy unseen.
+@pytest.mark.xfail(
+    strict=True,
+    reason="design: a {n+} the server does not read as a literal hides a command from policy",
+)
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"n NOOP {%d+}\r\n",  # NOOP has no arguments: Dovecot skips the line
+        b'n SELECT "{%d+}\r\n',  # inside an unterminated quoted string: not a literal
+        b"n SELECT x{%d+}\r\n",  # glued to an atom: a syntax error before the literal
+    ],
+)
+def test_nonsync_literal_the_server_does_not_read_cannot_smuggle_a_command(line: bytes) -> None:
+    smuggled = b"b DELETE Archive"
+    policy = FakePolicy(blocks={"DELETE": ("no-delete", "No deleting")})
+    pb = policy_playbook(policy)
+    pb.c(line % len(smuggled) + smuggled + b"\r\nc NOOP\r\n")
+    judged = any(d[1] == "DELETE" for d in policy.decisions)
+    assert judged or b"DELETE" not in pb.up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
 import pytest
@@ -275,3 +276,20 @@ def test_start_tls_refuses_bytes_after_the_answer() -> None:
     clean.start_tls()
     clean.receive_data(b"* CAPABILITY IMAP4rev1\r\n")
     assert [e.word for e in drain(clean)] == ["CAPABILITY"]
+
+
+def test_one_megabyte_of_random_bytes() -> None:
+    blob = random.Random(7).randbytes(1 << 20)
+    parser = ServerParser()
+    seen = 0
+    try:
+        for i in range(0, len(blob), 64 * 1024):
+            parser.receive_data(blob[i : i + 64 * 1024])
+            seen += len(raw_of(drain(parser)))
+            assert parser.buffered <= 2 * 64 * 1024
+        parser.receive_data(b"")
+        seen += len(raw_of(drain(parser)))
+    except ProtocolError as exc:
+        assert exc.fatal  # e.g. ends inside a line or a literal
+    else:
+        assert seen == len(blob)
