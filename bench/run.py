@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,6 +104,38 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+class QuietGate:
+    """Before a trial, wait (briefly, within a budget) until other processes calm down.
+
+    The machine is shared: when something else takes more than ``threshold`` of all CPUs,
+    wait up to ``per_trial`` seconds, at most ``budget`` seconds over the whole run. It only
+    lowers the noise; the load seen during each trial is recorded either way.
+    """
+
+    def __init__(self, threshold: float, per_trial: float, budget: float) -> None:
+        self.threshold = threshold
+        self.per_trial = per_trial
+        self.budget = budget
+        self.waited = 0.0
+
+    def wait(self) -> None:
+        if self.threshold >= 1.0:
+            return
+        start = time.monotonic()
+        while True:
+            probe = Contention()
+            time.sleep(0.2)
+            spent = time.monotonic() - start
+            if probe.foreign() <= self.threshold:
+                break
+            if spent >= self.per_trial or self.waited + spent >= self.budget:
+                break
+        self.waited += time.monotonic() - start
+
+
+GATE = QuietGate(1.0, 0.0, 0.0)
+
+
 def interleave(
     name: str,
     targets: list[str],
@@ -117,10 +150,8 @@ def interleave(
             trial(t)
     for r in range(rounds):
         for t in targets:
-            probe = Contention()
-            result = trial(t)
-            result.extra["foreign_cpu"] = probe.foreign()
-            cells[t].add(result)
+            GATE.wait()
+            cells[t].add(trial(t))
         summary = "  ".join(f"{t}={cells[t].values[-1]:.1f}" for t in targets)
         log(f"{name} round {r + 1}/{rounds}: {summary}")
     return cells
@@ -140,6 +171,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.no_metrics_target and "imapproxy+metrics" in targets:
         targets.remove("imapproxy+metrics")
     nofile = raise_nofile(max(65536, plan.idle_sessions * 4))
+    global GATE
+    GATE = QuietGate(
+        args.quiet_threshold,
+        args.quiet_wait if args.quiet_wait is not None else (1.0 if args.quick else 3.0),
+        args.quiet_budget if args.quiet_budget is not None else (10.0 if args.quick else 90.0),
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="imapproxy-bench-"))
     lab = Lab(
@@ -156,6 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         lab.start(targets)
         box = lab.mailbox
         assert box is not None
+        assert lab.dovecot is not None
+        workloads.DOVECOT_PID = lab.dovecot.pid
         for t in targets:
             workloads.verify_bulk(lab.targets[t].address, box)
         log("seeded and verified: bulk and 2 KB bodies arrive byte-identical on every target")
@@ -220,13 +259,38 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "results": results,
         "notes": notes,
         "env": {
+            "code": _code_version(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "nofile": nofile,
+            "quiet_wait_s": round(GATE.waited, 1),
             "elapsed_s": round(elapsed, 1),
             "workdir": str(workdir),
         },
     }
+
+
+def _code_version() -> str:
+    """The commit measured, marked dirty when imapproxy/ has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "imapproxy"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes in imapproxy/' if dirty else ''}"
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -249,8 +313,15 @@ def rows_of(results: dict[str, dict[str, Cell]]) -> list[Row]:
     def spreads(mode: str) -> dict[str, float]:
         return {t: c.spread() for t, c in results[mode].items()}
 
+    def cpu_row(mode: str, unit: str) -> None:
+        if mode in results:
+            v = med(mode, "relay_cpu_us_per_unit")
+            if any(x is not None for x in v.values()):
+                rows.append(Row(mode, f"relay CPU µs/{unit}", v, False))
+
     if "bulk" in results:
         rows.append(Row("bulk", "MB/s", med("bulk"), True, spreads("bulk")))
+        cpu_row("bulk", "MB")
     if "steady" in results:
         cells = results["steady"]
         rows.append(Row("steady", "commands/s", med("steady"), True, spreads("steady")))
@@ -260,8 +331,10 @@ def rows_of(results: dict[str, dict[str, Cell]]) -> list[Row]:
         rows.append(
             Row("steady", "p99 ms", {t: c.percentile_ms(0.99) for t, c in cells.items()}, False)
         )
+        cpu_row("steady", "command")
     if "session" in results:
         rows.append(Row("session", "sessions/s", med("session"), True, spreads("session")))
+        cpu_row("session", "session")
     if "idle" in results:
         rows.append(Row("idle", "KiB/session (RSS)", med("idle"), False))
         rows.append(Row("idle", "KiB/session (PSS)", med("idle", "pss_per_session_kib"), False))
@@ -333,7 +406,9 @@ def detail_lines(results: dict[str, dict[str, Cell]], notes: dict[str, object]) 
         parts = []
         for t, c in results[mode].items():
             pc, cc = c.extra_median("proxy_cpu"), c.extra_median("client_cpu")
+            dc = c.extra_median("dovecot_cpu")
             cpu = f", relay CPU {pc:.0%}" if pc is not None else ""
+            cpu += f", Dovecot CPU {dc:.0%}" if dc is not None else ""
             parts.append(f"{t}: spread {c.spread():.0%}, client CPU {cc or 0:.0%}{cpu}")
         foreign = [e.get("foreign_cpu", 0.0) for c in results[mode].values() for e in c.extras]
         lines.append(
@@ -342,6 +417,19 @@ def detail_lines(results: dict[str, dict[str, Cell]], notes: dict[str, object]) 
             + f"; other processes used {statistics.median(foreign):.0%} of the machine "
             f"(max {max(foreign):.0%})"
         )
+    for mode in ("bulk", "steady", "session"):
+        cells = results.get(mode, {})
+        if "haproxy" in cells and "imapproxy" in cells:
+            pairs = [
+                i / h
+                for i, h in zip(cells["imapproxy"].values, cells["haproxy"].values, strict=True)
+                if h
+            ]
+            if pairs:
+                lines.append(
+                    f"- {mode}: imapproxy/haproxy paired by round: median "
+                    f"{statistics.median(pairs):.2f} (min {min(pairs):.2f}, max {max(pairs):.2f})"
+                )
     if "steady" in results:
         for t, c in results["steady"].items():
             kinds = ", ".join(
@@ -434,6 +522,15 @@ def main(argv: list[str] | None = None) -> int:
         help="profile imapproxy (cProfile wrapper, or py-spy record on its PID); "
         "the files land in the work dir, py-spy's are summarised",
     )
+    p.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.3,
+        help="before each trial, wait while other processes use more than this share of all "
+        "CPUs (1 = never wait)",
+    )
+    p.add_argument("--quiet-wait", type=float, help="max wait per trial, s (3; quick 1)")
+    p.add_argument("--quiet-budget", type=float, help="max wait per run, s (90; quick 10)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (Dovecot, logs)")
     p.add_argument("--json", type=Path, help="write all figures (every round) here")
     args = p.parse_args(argv)
@@ -458,7 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = report["plan"]
     print(
         f"- {plan['rounds']} interleaved rounds per mode; {env['cpus']} CPUs; "
-        f"Python {env['python']}; {env['elapsed_s']} s in all"
+        f"Python {env['python']}; {env['elapsed_s']} s in all, of which "
+        f"{env['quiet_wait_s']} s waiting for other processes to calm down; "
+        f"code: {env['code']}"
     )
     if "profiles" in notes:
         print(f"- cProfile output: {', '.join(notes['profiles'])}")  # type: ignore[arg-type]

@@ -188,38 +188,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-class Contention:
-    """How much of the machine other processes (not this bench's tree) used meanwhile.
-
-    Benchmarks here share 2 cores with whatever else runs (other people's test suites):
-    ``foreign()`` is the share of all CPUs used by processes outside our process tree since
-    the object was made (our tree: this process and its descendants, dead children included
-    through cutime/cstime).
-    """
-
-    def __init__(self) -> None:
-        self.root = os.getpid()
-        self.busy0, self.total0 = _proc_stat()
-        self.ours0 = _tree_ticks(self.root)
-
-    def foreign(self) -> float:
-        busy, total = _proc_stat()
-        ours = _tree_ticks(self.root)
-        dt = total - self.total0
-        if dt <= 0:
-            return 0.0
-        return max(0.0, (busy - self.busy0) - (ours - self.ours0)) / dt
-
-
-def _proc_stat() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-    total = sum(v[:8])  # guest time is already inside user
-    return total - idle, total
-
-
-def _tree_ticks(root: int) -> int:
+def proc_snapshot() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, CPU ticks incl. reaped children) for every process."""
     stats: dict[int, tuple[int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -231,6 +201,11 @@ def _tree_ticks(root: int) -> int:
             continue
         ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
         stats[int(entry.name)] = (int(fields[1]), ticks)
+    return stats
+
+
+def tree_ticks(stats: dict[int, tuple[int, int]], root: int) -> int:
+    """CPU ticks of ``root`` and all its descendants (dead ones through cutime/cstime)."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
@@ -241,6 +216,78 @@ def _tree_ticks(root: int) -> int:
             total += stats[pid][1]
         todo.extend(children.get(pid, ()))
     return total
+
+
+TICK = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) ticks over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    total = sum(v[:8])  # guest time is already inside user
+    return total - idle, total
+
+
+class Probe:
+    """CPU accounting around one trial.
+
+    * ``relay_cpu``: the relay process (all threads), per second of trial and per unit;
+    * ``dovecot_cpu``: Dovecot's whole process tree (is the server the bottleneck?);
+    * ``client_cpu``: this process;
+    * ``foreign_cpu``: share of all CPUs used by processes outside this benchmark's tree
+      (these boxes have 2 cores, shared with whatever else runs, e.g. others' test suites).
+    """
+
+    def __init__(self, relay_pid: int | None, dovecot_pid: int | None) -> None:
+        self.relay_pid = relay_pid
+        self.dovecot_pid = dovecot_pid
+        snap = proc_snapshot()
+        self.busy0, self.total0 = machine_ticks()
+        self.ours0 = tree_ticks(snap, os.getpid())
+        self.dovecot0 = tree_ticks(snap, dovecot_pid) if dovecot_pid else 0
+        self.relay0 = cpu_seconds(relay_pid) if relay_pid else 0.0
+        self.client0 = time.process_time()
+        self.t0 = time.perf_counter()
+
+    def finish(self, units: float, extra: dict[str, float]) -> float:
+        """Record the figures into ``extra``; return the elapsed seconds."""
+        elapsed = time.perf_counter() - self.t0
+        client = time.process_time() - self.client0
+        relay = cpu_seconds(self.relay_pid) - self.relay0 if self.relay_pid else None
+        snap = proc_snapshot()
+        busy, total = machine_ticks()
+        ours = tree_ticks(snap, os.getpid())
+        extra["seconds"] = elapsed
+        extra["client_cpu"] = client / elapsed
+        if relay is not None:
+            extra["proxy_cpu"] = relay / elapsed
+            if units:
+                extra["relay_cpu_us_per_unit"] = relay * 1e6 / units
+        if self.dovecot_pid:
+            dovecot = (tree_ticks(snap, self.dovecot_pid) - self.dovecot0) * TICK
+            extra["dovecot_cpu"] = dovecot / elapsed
+        dt = total - self.total0
+        foreign = (busy - self.busy0) - (ours - self.ours0)
+        extra["foreign_cpu"] = max(0.0, foreign / dt) if dt > 0 else 0.0
+        return elapsed
+
+
+class Contention:
+    """Share of all CPUs used by processes outside this benchmark's tree since creation."""
+
+    def __init__(self) -> None:
+        self.busy0, self.total0 = machine_ticks()
+        self.ours0 = tree_ticks(proc_snapshot(), os.getpid())
+
+    def foreign(self) -> float:
+        busy, total = machine_ticks()
+        ours = tree_ticks(proc_snapshot(), os.getpid())
+        dt = total - self.total0
+        if dt <= 0:
+            return 0.0
+        return max(0.0, (busy - self.busy0) - (ours - self.ours0)) / dt
 
 
 @dataclass

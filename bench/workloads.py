@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from rawimap import Conn, IMAPError, open_session
-from targets import PASSWORD, SEARCH_WORD, USER, Mailbox, cpu_seconds, memory
+from targets import PASSWORD, SEARCH_WORD, USER, Mailbox, Probe, memory
 
 Address = tuple[str, int]
 
@@ -24,24 +24,11 @@ class Trial:
     latencies_ns: list[int] = field(default_factory=list)
 
 
-class _ProxyCPU:
-    """CPU seconds a relay process spends during a trial (None for direct)."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.start = cpu_seconds(pid) if pid else 0.0
-
-    def fraction(self, elapsed: float) -> float | None:
-        if not self.pid:
-            return None
-        return (cpu_seconds(self.pid) - self.start) / elapsed
+DOVECOT_PID: int | None = None  # set by run.py: its CPU is recorded with every trial
 
 
-def _add_cpu(extra: dict[str, float], proxy: _ProxyCPU, elapsed: float, c0: float) -> None:
-    extra["client_cpu"] = (time.process_time() - c0) / elapsed
-    frac = proxy.fraction(elapsed)
-    if frac is not None:
-        extra["proxy_cpu"] = frac
+def _probe(pid: int | None) -> Probe:
+    return Probe(pid, DOVECOT_PID)
 
 
 # --- bulk ------------------------------------------------------------------------------
@@ -63,15 +50,12 @@ def bulk(address: Address, box: Mailbox, fetches: int, pid: int | None = None) -
     try:
         cmd = b"FETCH %d BODY.PEEK[]" % box.bulk_seq
         total = 0
-        proxy = _ProxyCPU(pid)
-        c0 = time.process_time()
-        t0 = time.perf_counter()
+        extra: dict[str, float] = {}
+        probe = _probe(pid)
         for i in range(fetches):
             reply = conn.command(b"B%d" % i, cmd)
             total += reply.literal_bytes
-        elapsed = time.perf_counter() - t0
-        extra: dict[str, float] = {"seconds": elapsed}
-        _add_cpu(extra, proxy, elapsed, c0)
+        elapsed = probe.finish(total / 1e6, extra)
     finally:
         conn.logout()
     if total != fetches * len(box.bulk):
@@ -124,10 +108,9 @@ def steady(
         by_kind: list[list[int]] = [[] for _ in STEADY_KINDS]
         lat: list[int] = []
         timed = conn.timed
-        proxy = _ProxyCPU(pid)
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        deadline = t0 + seconds
+        extra: dict[str, float] = {}
+        probe = _probe(pid)
+        deadline = time.perf_counter() + seconds
         n = 0
         while n < max_commands:
             kind, text = next(cmds)
@@ -137,9 +120,8 @@ def steady(
             n += 1
             if n % 16 == 0 and time.perf_counter() > deadline:
                 break
-        elapsed = time.perf_counter() - t0
-        extra: dict[str, float] = {"seconds": elapsed, "commands": n}
-        _add_cpu(extra, proxy, elapsed, c0)
+        elapsed = probe.finish(n, extra)
+        extra["commands"] = n
         for name, values in zip(STEADY_KINDS, by_kind, strict=True):
             if values:
                 values.sort()
@@ -170,19 +152,17 @@ def session(
 ) -> Trial:
     one_session(address, box, 0)  # warm
     lat: list[int] = []
-    proxy = _ProxyCPU(pid)
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    deadline = t0 + seconds
+    extra: dict[str, float] = {}
+    probe = _probe(pid)
+    deadline = time.perf_counter() + seconds
     n = 0
     while n < max_sessions and time.perf_counter() < deadline:
         s0 = time.perf_counter_ns()
         one_session(address, box, n)
         lat.append(time.perf_counter_ns() - s0)
         n += 1
-    elapsed = time.perf_counter() - t0
-    extra: dict[str, float] = {"seconds": elapsed, "sessions": n}
-    _add_cpu(extra, proxy, elapsed, c0)
+    elapsed = probe.finish(n, extra)
+    extra["sessions"] = n
     return Trial(n / elapsed, extra, lat)
 
 
