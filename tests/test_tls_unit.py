@@ -215,6 +215,27 @@ async def test_capabilities_from_the_tagged_ok_code_are_used(
     assert await read_all(stream, len(expected)) == expected
 
 
+async def test_records_already_received_come_in_one_read(negotiate: Negotiate) -> None:
+    sent = trio.Event()
+
+    async def script(s: Server) -> None:
+        await s.send(b"* OK [CAPABILITY STARTTLS] hi\r\n")
+        await s.line()
+        await s.send(b"tls2 OK go\r\n")
+        await s.start_tls()
+        await s.line()
+        await s.send(b"* CAPABILITY IMAP4rev1\r\ntls3 OK done\r\n")
+        for i in range(4):  # four writes, four TLS records of 4 KiB (as Dovecot sends)
+            await s.send(bytes([65 + i]) * 4096)
+        sent.set()
+        await trio.sleep_forever()
+
+    stream = await negotiate(script)
+    await stream.receive_some(65536)  # the synthesized greeting
+    await sent.wait()
+    assert await stream.receive_some(65536) == b"A" * 4096 + b"B" * 4096 + b"C" * 4096 + b"D" * 4096
+
+
 def _greets(greeting: bytes, *then: bytes) -> Script:
     """A server that greets, then answers each command line with the next reply."""
 
