@@ -150,3 +150,34 @@ def test_refuses_to_start_on_taken_port(dovecot: Dovecot) -> None:
         )
     assert result.returncode == 1
     assert "Address already in use" in result.stderr
+
+
+def test_sighup_reloads_rules_for_open_session_and_keeps_them_on_a_bad_file(
+    dovecot: Dovecot, started: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+) -> None:
+    proc, port = started
+    config = tmp_path / "imapproxy.yaml"  # the file the `started` process was given
+    base = config.read_text()
+    account = new_account(dovecot)
+
+    def wait_for(event: str) -> None:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline().decode()
+            if f'"event": "{event}"' in line:
+                return
+        raise AssertionError(f"no {event} line")
+
+    with RawIMAP(("127.0.0.1", port)) as c:
+        assert c.command(b"a1", b"LOGIN %s %s" % (account.name.encode(), account.password.encode()))[-1].startswith(b"a1 OK")
+        assert c.command(b"a2", b"CREATE Keep")[-1].startswith(b"a2 OK")
+        config.write_text(base + "rules:\n  - name: no-delete\n    action: block\n    when: {command: [DELETE]}\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for("reloaded")
+        assert c.command(b"a3", b"DELETE Keep")[-1].startswith(b"a3 NO [no-delete]")
+        config.write_text(base + "rules:\n  - name: no-delete\n    action: blok\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for("reload_failed")
+        assert c.command(b"a4", b"DELETE Keep")[-1].startswith(b"a4 NO [no-delete]")
+    assert proc.poll() is None
