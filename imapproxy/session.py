@@ -259,6 +259,9 @@ class Session:
         self._current = cmd
         name = ev.name
         if name == "STARTTLS" or name == "COMPRESS":
+            if ev.literal is not None:  # neither takes one: refuse, and drop its payload
+                self._refuse(cmd, ev.literal, b"BAD %s takes no literal" % name.encode())
+                return
             self._answer_locally_special(cmd)
             return
         if self.settings.require_tls and not self.client_tls and name in ("LOGIN", "AUTHENTICATE"):
