@@ -307,6 +307,26 @@ def test_starttls_with_pipelined_bytes_closes_without_forwarding() -> None:
     assert down(out).startswith(b"* BYE")
 
 
+@pytest.mark.parametrize("offer", [False, True])
+@pytest.mark.parametrize("command", [b"STARTTLS", b"COMPRESS"])
+@pytest.mark.parametrize("announce", [b"{12+}", b"{12}"])
+def test_locally_answered_command_with_a_literal_forwards_nothing(
+    command: bytes, announce: bytes, offer: bool
+) -> None:
+    # Neither command takes a literal. Its payload must not reach the upstream (where it
+    # would run as a command nobody checked), and the session must not wait for an
+    # upstream answer to a command the upstream never saw.
+    pb = Playbook(offer_starttls=offer)
+    pb.s(b"* OK ready\r\n")
+    payload = b"b DELETE FOO" if announce.endswith(b"+}") else b""
+    out = pb.c(b"a " + command + b" " + announce + b"\r\n" + payload + b"\r\n" * bool(payload))
+    assert down(out).startswith(b"a BAD ") or down(out).startswith(b"a NO ")
+    assert not out.start_client_tls
+    assert up(pb.c(b"c NOOP\r\n")) == b"c NOOP\r\n"
+    assert pb.up == b"c NOOP\r\n"
+    assert not pb.session.client_paused
+
+
 def test_compress_is_refused_locally() -> None:
     pb = Playbook()
     pb.s(b"* OK ready\r\n")
