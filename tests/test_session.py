@@ -862,3 +862,14 @@ def test_nonsync_literal_the_server_does_not_read_cannot_smuggle_a_command(line:
     pb.c(line % len(smuggled) + smuggled + b"\r\nc NOOP\r\n")
     judged = any(d[1] == "DELETE" for d in policy.decisions)
     assert judged or b"DELETE" not in pb.up
+
+
+def test_server_ending_idle_itself_leaves_the_next_line_a_checked_command() -> None:
+    policy = FakePolicy(blocks={"DELETE": ("no-delete", "No deleting")})
+    pb = policy_playbook(policy)
+    pb.c(b"a IDLE\r\n")
+    pb.s(b"+ idling\r\n")
+    pb.s(b"a OK IDLE terminated (server timeout)\r\n")
+    out = pb.c(b"b DELETE INBOX\r\n")
+    assert down(out) == b"b NO [no-delete] No deleting\r\n"
+    assert up(out) == b""

@@ -83,6 +83,9 @@ class _State(enum.Enum):
     CLOSED = enum.auto()
 
 
+_AFTER_CONTINUATION = (_State.SASL_LINE, _State.IDLE_LINE)
+
+
 class ClientParser:
     __slots__ = ("_framer", "_name", "_pending_literal", "_state", "_tag", "_wait_next")
 
@@ -125,7 +128,8 @@ class ClientParser:
     def command_finished(self, tag: bytes) -> bool:
         """The command ``tag`` got its tagged answer (from the server or the proxy itself).
         Returns True if that resumed the parser."""
-        if self.paused and tag == self._tag:
+        # Also after "+": a server that ends AUTHENTICATE or IDLE itself reads a command next.
+        if tag == self._tag and (self.paused or self._state in _AFTER_CONTINUATION):
             self._state = _State.COMMAND
             return True
         return False

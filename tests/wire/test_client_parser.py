@@ -538,3 +538,17 @@ def test_twenty_megabyte_append_streams_in_bounded_memory() -> None:
     assert total == len(block) * count
     events, _ = feed(parser, b"\r\n")
     assert events == [CommandPart(b"\r\n", None)]
+
+
+@pytest.mark.parametrize("first", [b"a IDLE\r\n", b"a AUTHENTICATE PLAIN\r\n"])
+def test_tagged_answer_after_continuation_ends_the_exchange(first: bytes) -> None:
+    # The server gave "+" and then ended the exchange itself (aborted authentication,
+    # IDLE terminated): the client's next line is a command for the server, so it must be
+    # a Command here too, not SASL data or the end of IDLE that bypasses the policy.
+    parser = ClientParser()
+    feed(parser, first)
+    assert parser.continuation_received()
+    assert not parser.command_finished(b"other")
+    assert parser.command_finished(b"a")
+    events, _ = feed(parser, b"b DELETE INBOX\r\n")
+    assert events == [Command(b"b", "DELETE", b"b DELETE INBOX\r\n", None)]
