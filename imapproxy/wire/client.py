@@ -49,7 +49,6 @@ from .events import (
     CommandPart,
     EmptyLine,
     IdleDone,
-    LiteralData,
     LiteralHeader,
     SaslResponse,
     _Sentinel,
@@ -70,6 +69,38 @@ _WAITING_COMMANDS = {
     "STARTTLS": "",
     "COMPRESS": "",
 }
+
+
+# Commands that take no arguments: a server skips whatever follows the name on their line.
+_NO_ARGUMENTS = frozenset(
+    {
+        "CAPABILITY",
+        "CHECK",
+        "CLOSE",
+        "EXPUNGE",
+        "IDLE",
+        "LOGOUT",
+        "NAMESPACE",
+        "NOOP",
+        "STARTTLS",
+        "UNAUTHENTICATE",
+        "UNSELECT",
+    }
+)
+_QUOTED = re.compile(rb'"(?:[^"\\\r\n]|\\.)*"')
+_LITERAL_START = re.compile(rb"~?\{\d+\+?\}\r?\n\Z")
+
+
+def _literal_well_placed(line: bytes, args_start: int) -> bool:
+    """Whether the literal announced at the end of ``line`` starts an argument: it follows a
+    space or "(" and no quoted string is left open before it."""
+    m = _LITERAL_START.search(line, max(args_start, len(line) - 32))
+    if m is None:
+        return False
+    start = m.start()
+    if start <= args_start or line[start - 1 : start] not in (b" ", b"("):
+        return False
+    return b'"' not in _QUOTED.sub(b"", line[args_start:start])
 
 
 class _State(enum.Enum):
@@ -146,13 +177,12 @@ class ClientParser:
         state = self._state
         framer = self._framer
         if state is _State.LITERAL:
-            chunk = framer.next_literal_chunk()
-            if chunk is None:
+            data = framer.next_literal_data()
+            if data is None:
                 return self._starved()
-            if framer.literal_left:
-                return LiteralData(chunk, False)
-            self._state = _State.COMMAND_REST
-            return LiteralData(chunk, True)
+            if data.last:
+                self._state = _State.COMMAND_REST
+            return data
         if state is _State.WAIT_CONTINUATION or state is _State.WAIT_SERVER:
             return PAUSED
         if state is _State.CLOSED:
@@ -169,6 +199,10 @@ class ClientParser:
             return self._command(line)
         if state is _State.COMMAND_REST:
             literal = self._literal(line)
+            if literal is not None and not _literal_well_placed(line, 0):
+                # Servers end the command at this syntax error and read what follows as a
+                # new command; so does the proxy, and checks it like any other.
+                literal = None
             self._after_line(literal)
             return CommandPart(line, literal)
         if state is _State.SASL_LINE:
@@ -195,6 +229,14 @@ class ClientParser:
                 raise ProtocolError("UID needs a command", fatal=False, tag=tag)
             name = "UID " + sub.group(1).decode("ascii").upper()
         literal = self._literal(line)
+        if literal is not None and (
+            name in _NO_ARGUMENTS or not _literal_well_placed(line, m.end())
+        ):
+            # The server would not read this as a literal (a command without arguments, a
+            # "{" glued to an atom or inside an open quote) and would run the payload as a
+            # command of its own. Never forwarded: answered BAD, the payload skipped.
+            self._skip_bad_command(line)
+            raise ProtocolError("literal not allowed here", fatal=False, tag=tag)
         self._tag = tag
         self._name = name
         self._after_line(literal)
