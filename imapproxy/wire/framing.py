@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from .errors import ProtocolError
-from .events import LiteralHeader
+from .events import LiteralData, LiteralHeader
 
 # The largest literal announcement: "~{" + 19 digits + "+}\r\n" is 25 bytes. Over-long lines
 # are cut into pieces that keep this much back, so an announcement is never split.
@@ -134,6 +134,11 @@ class Framer:
         self._literal_left -= take
         self._consume(pos + take)
         return chunk
+
+    def next_literal_data(self) -> LiteralData | None:
+        """The next payload piece as an event (``last`` on the literal's final piece)."""
+        chunk = self.next_literal_chunk()
+        return None if chunk is None else LiteralData(chunk, not self._literal_left)
 
     def _consume(self, new_pos: int) -> None:
         if new_pos >= len(self._buf):

@@ -25,7 +25,6 @@ from .errors import ProtocolError
 from .events import (
     CLOSED,
     NEED_DATA,
-    LiteralData,
     LiteralHeader,
     Response,
     ResponseKind,
@@ -74,13 +73,12 @@ class ServerParser:
         state = self._state
         framer = self._framer
         if state is _State.LITERAL:
-            chunk = framer.next_literal_chunk()
-            if chunk is None:
+            data = framer.next_literal_data()
+            if data is None:
                 return self._starved()
-            if framer.literal_left:
-                return LiteralData(chunk, False)
-            self._state = _State.REST
-            return LiteralData(chunk, True)
+            if data.last:
+                self._state = _State.REST
+            return data
         if state is _State.CLOSED:
             return CLOSED
         got = framer.next_line()
