@@ -170,6 +170,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     targets = [t for t in args.targets.split(",") if t]
     if args.no_metrics_target and "imapproxy+metrics" in targets:
         targets.remove("imapproxy+metrics")
+    custom: dict[str, str] = {}
+    for spec in args.custom or []:
+        name, sep, cmd = spec.partition("=")
+        if not sep or not name or not cmd:
+            raise SystemExit(f"--custom wants NAME=COMMAND, got {spec!r}")
+        custom[name] = cmd
+        if name not in targets:
+            targets.append(name)
     nofile = raise_nofile(max(65536, plan.idle_sessions * 4))
     global GATE
     GATE = QuietGate(
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         metrics_target="imapproxy+metrics" in targets,
         profile=args.profile,
         haproxy_threads=args.haproxy_threads,
+        custom=custom,
     )
     results: dict[str, dict[str, Cell]] = {}
     notes: dict[str, object] = {}
@@ -512,6 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--no-metrics-target", action="store_true", help="skip the imapproxy-with-metrics target"
+    )
+    p.add_argument(
+        "--custom",
+        action="append",
+        metavar="NAME=COMMAND",
+        help="an extra relay target, e.g. another checkout: 'branch=env PYTHONPATH=../b "
+        "python3 -m imapproxy --listen {listen} --upstream {upstream} --metrics off'",
     )
     p.add_argument("--rounds", type=int, help="interleaved rounds per mode")
     p.add_argument("--idle-sessions", type=int, help="idle sessions to open (default 1000)")

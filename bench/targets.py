@@ -304,7 +304,8 @@ class Target:
     def stop(self) -> None:
         if self.proc is not None:
             # SIGINT for imapproxy: a clean exit lets a cProfile wrapper write its file.
-            stop_process(self.proc, signal.SIGINT if "imapproxy" in self.name else signal.SIGTERM)
+            sig = signal.SIGTERM if self.name in ("haproxy", "trio-relay") else signal.SIGINT
+            stop_process(self.proc, sig)
 
 
 @dataclass
@@ -328,11 +329,13 @@ class Lab:
         metrics_target: bool,
         profile: str | None,
         haproxy_threads: int | None,
+        custom: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.metrics_target = metrics_target
         self.profile = profile
         self.haproxy_threads = haproxy_threads
+        self.custom = dict(custom or {})
         self.dovecot: Dovecot | None = None
         self.targets: dict[str, Target] = {}
         self.mailbox: Mailbox | None = None
@@ -355,6 +358,8 @@ class Lab:
                 self.targets[name] = self._start_imapproxy(name, up, metrics=True)
             elif name in ("trio-relay", "asyncio-relay"):
                 self.targets[name] = self._start_baseline(name, up)
+            elif name in self.custom:
+                self.targets[name] = self._start_custom(name, self.custom[name], up)
             else:
                 raise ValueError(f"unknown target {name!r}")
 
@@ -469,6 +474,26 @@ class Lab:
         self._procs.append(proc)
         wait_port(("127.0.0.1", port), proc, 30.0)
         return Target(name, ("127.0.0.1", port), proc)
+
+    def _start_custom(self, name: str, template: str, up: tuple[str, int]) -> Target:
+        """Any relay given as a command line with {listen} and {upstream} placeholders, e.g.
+        another checkout: ``PYTHONPATH=/path/to/branch python3 -m imapproxy --listen {listen}
+        --upstream {upstream} --metrics off`` (run through /bin/sh, stopped with SIGINT)."""
+        port = free_port()
+        cmd = template.format(listen=f"127.0.0.1:{port}", upstream=f"{up[0]}:{up[1]}")
+        err = open(self.workdir / f"custom-{len(self._procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", f"exec {cmd}"],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+        )
+        self._procs.append(proc)
+        wait_port(("127.0.0.1", port), proc, 30.0)
+        if self.profile == "py-spy":
+            self._start_pyspy(proc.pid, self.workdir / f"{name}.pyspy.txt")
+        return Target(name, ("127.0.0.1", port), proc, {"command": cmd})
 
     def _start_pyspy(self, pid: int, out: Path) -> None:
         """Sample the proxy (collapsed stacks, 250 Hz, without pausing it) until stop()."""
