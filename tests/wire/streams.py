@@ -295,7 +295,9 @@ eols = st.sampled_from([b"\r\n"] * 7 + [b"\n"])  # bare LF is tolerated as a lin
 
 # --- client streams ------------------------------------------------------------------
 @st.composite
-def client_unit(draw: st.DrawFn, stream: ClientStream, tag: bytes, tls: bool = True) -> None:
+def client_unit(
+    draw: st.DrawFn, stream: ClientStream, tag: bytes, tls: bool = True, refuse: bool = True
+) -> None:
     kinds = ["simple"] * 4 + ["literal"] * 4 + ["authenticate", "idle", "empty"]
     kind = draw(st.sampled_from([*kinds, "starttls"] if tls else kinds))
     eol = draw(eols)
@@ -370,7 +372,7 @@ def client_unit(draw: st.DrawFn, stream: ClientStream, tag: bytes, tls: bool = T
         else:
             stream.add(line, ("CommandPart", line, header))
         if header.sync:
-            if draw(st.integers(0, 5)) == 0:
+            if refuse and draw(st.integers(0, 5)) == 0:
                 plan.append("done")  # the server refuses: no payload, the command is over
                 stream.plan[tag] = plan
                 return
@@ -385,13 +387,16 @@ def client_unit(draw: st.DrawFn, stream: ClientStream, tag: bytes, tls: bool = T
 
 
 @st.composite
-def client_streams(draw: st.DrawFn, max_units: int = 6, tls: bool = True) -> ClientStream:
-    """``tls=False``: no STARTTLS/COMPRESS (a proxy answers those itself)."""
+def client_streams(
+    draw: st.DrawFn, max_units: int = 6, tls: bool = True, refuse: bool = True
+) -> ClientStream:
+    """``tls=False``: no STARTTLS/COMPRESS (a proxy answers those itself);
+    ``refuse=False``: the server accepts every synchronising literal."""
     stream = ClientStream()
     n = draw(st.integers(1, max_units))
     for i in range(n):
         tag = draw(_text(TAG_CHARS, 0, 4)) + b"%d" % i  # unique tags
-        draw(client_unit(stream, tag, tls))
+        draw(client_unit(stream, tag, tls, refuse))
     return stream
 
 

@@ -105,6 +105,77 @@ def test_session_forwards_valid_client_stream_unchanged_for_any_split(
     assert b"".join(down) == b"".join(sent_down)
 
 
+class _HoldEverything:
+    """Needs every command's arguments (so every command is held) and lets all pass."""
+
+    def needs_arguments(self, command: str) -> bool:
+        return True
+
+    def decide(self, facts: object, command: str, raw: bytes, complete: bool) -> _Verdict:
+        return _Verdict()
+
+    def rewrites_responses(self) -> bool:
+        return False
+
+    def rewrite_response(self, raw: bytes) -> bytes | None:
+        return None
+
+
+@PROPS
+@given(st.data())
+def test_session_holding_every_command_still_forwards_the_stream_unchanged(
+    data: st.DataObject,
+) -> None:
+    """Held commands: the proxy answers small sync literals itself and feeds the held
+    bytes to the upstream one '+' at a time. A fake server that reads what reaches it with
+    a parser of its own answers every pause from the plan; in the end the upstream has read
+    exactly the client's bytes, in order, and nothing is left waiting."""
+    stream = data.draw(client_streams(tls=False, refuse=False))
+    # Often one read: a client that pipelines lets several held commands complete before
+    # the upstream answers the first one.
+    whole = data.draw(st.booleans(), label="one read")
+    chunks = [stream.data] if whole else data.draw(splits(stream.data))
+    session = Session(SessionSettings(policy=_HoldEverything()))
+    upstream = ClientParser()  # the fake server's view of what it receives
+    answers = {tag: list(a) for tag, a in stream.plan.items()}
+    received: list[bytes] = []
+    down: list[bytes] = []
+
+    def pump(out: Output) -> None:
+        pending = [out]
+        while pending:
+            out = pending.pop()
+            down.extend(out.to_client)
+            assert out.close is None
+            if not out.to_upstream:
+                continue
+            chunk = b"".join(out.to_upstream)
+            received.append(chunk)
+            upstream.receive_data(chunk)
+            while (ev := upstream.next_event()) is not NEED_DATA:
+                if ev is PAUSED:
+                    tag = upstream.waiting_tag
+                    assert tag is not None
+                    if answers[tag].pop(0) == "+":
+                        upstream.continuation_received()
+                        pending.append(session.server_data(b"+ go\r\n"))
+                    else:
+                        upstream.command_finished(tag)
+                        pending.append(session.server_data(tag + b" NO no\r\n"))
+
+    pump(session.server_data(b"* OK ready\r\n"))
+    for chunk in chunks:
+        pump(session.client_data(chunk))
+    assert b"".join(received) == stream.data
+    assert all(not a for a in answers.values())
+    assert not session.client_paused
+    # Each continuation the client needed reached it exactly once, from the proxy (held
+    # literal) or relayed from the upstream; "+" answering the proxy's segments did not.
+    needed = sum(a.count("+") for a in stream.plan.values())
+    seen = b"".join(down)
+    assert seen.count(b"+ go\r\n") + seen.count(b"+ Ready for literal data\r\n") == needed
+
+
 # --- arbitrary bytes ---------------------------------------------------------------------
 # Fragments that steer random input into the interesting states.
 _FRAGMENTS = [
