@@ -27,6 +27,12 @@ Couplings between directions, all resolved here:
   that follow wait behind them so nothing overtakes the held command.
 * Blocked commands are answered ``TAG NO [rule] message``; their remaining parts and
   literal payload are read and discarded so the stream stays in step.
+* Confirmed literals: whether a server reads a ``{n+}`` as a literal depends on the
+  command, its arguments and the server (Dovecot skips the rest of a line after a syntax
+  error or a command's last argument, and runs the "payload" as a command). While rules are
+  in force, each ``{n+}`` is therefore forwarded as ``{n}`` and the client parser waits
+  for the server's ``+`` (consumed, not relayed): the server decides, and a payload it
+  would run as a command is read by the proxy as a command too, and checked.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ _DESELECTING = frozenset({"CLOSE", "UNSELECT"})
 _MAILBOX_RESPONSES = frozenset(
     {"LIST", "LSUB", "STATUS", "XLIST", "MYRIGHTS", "ACL", "LISTRIGHTS", "QUOTAROOT", "METADATA"}
 )
+_NONSYNC_END = re.compile(rb"\+\}(\r?\n)\Z")
 _TRAILING_LITERAL = re.compile(rb" ?~?\{\d+\+?\}\r?\n\Z")
 
 
@@ -108,9 +115,12 @@ FactsFactory = Callable[
 ]
 
 
+_LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
-    client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("127.0.0.1")
+    client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = _LOOPBACK
     max_line: int = 64 * 1024
     offer_starttls: bool = False  # the proxy performs STARTTLS with clients itself
     require_tls: bool = False  # refuse LOGIN/AUTHENTICATE until the client leg is TLS
@@ -120,6 +130,8 @@ class SessionSettings:
     # applies to sessions already open, from their next command on.
     policy_source: Callable[[], PolicyLike | None] | None = None
     facts: FactsFactory | None = None  # builds the policy's SessionFacts
+    # Confirmed literals: None (production) means "while rules are in force".
+    confirm_literals: bool | None = None
     hide_capabilities: frozenset[bytes] = frozenset({b"STARTTLS", b"LOGINDISABLED"})
 
 
@@ -228,6 +240,10 @@ class Session:
     # === client direction ==============================================================
     def _drain_client(self) -> None:
         parser = self.client
+        # Confirmed literals (module docstring) while rules are in force; pure pass-through
+        # stays byte-exact.
+        confirm = self.settings.confirm_literals
+        parser.confirm_literals = self.policy is not None if confirm is None else confirm
         while self.closed is None:
             try:
                 ev = parser.next_event()
@@ -288,6 +304,8 @@ class Session:
         else:
             raw = ev.raw
         self._pending[ev.tag] = cmd
+        if self.client.silent_continuation:
+            raw = _as_sync(raw)
         self._to_upstream(raw)
         if ev.literal is None:
             self._end_command()
@@ -303,6 +321,8 @@ class Session:
                 if cmd is not None:
                     self.client.command_finished(cmd.tag)
                 self._end_command()
+            elif self.client.silent_continuation:
+                self.client.continuation_received()  # a {n+} payload comes anyway: drop it
             return
         if self._held is not None:
             self._held.append(ev.raw)
@@ -313,7 +333,7 @@ class Session:
             return
         if cmd is not None and cmd.capture is not None:
             self._capture(cmd, ev.raw)
-        self._to_upstream(ev.raw)
+        self._to_upstream(_as_sync(ev.raw) if self.client.silent_continuation else ev.raw)
         if ev.literal is None:
             self._end_command()
 
@@ -382,8 +402,9 @@ class Session:
             # came before it and stream the payload; a blocked APPEND never gets a "+", and
             # an allowed one gets the upstream's.
             self._release_held(complete=False)
-        elif literal.sync:
-            self._out.to_client.append(b"+ Ready for literal data\r\n")
+        elif literal.sync or self.client.silent_continuation:
+            if literal.sync:  # the proxy plays the server while it holds the command
+                self._out.to_client.append(b"+ Ready for literal data\r\n")
             self.client.continuation_received()
 
     def _append_target_known(self) -> bool:
@@ -424,7 +445,7 @@ class Session:
         With ``live_tail``, the last announcement is the live literal the client is about
         to stream; its ``+`` belongs to the client, so it ends the last segment unqueued.
         """
-        segments = _split_at_sync_literals(raw)
+        segments = _split_at_literals(raw, confirm=self.client.confirm_literals)
         rest = segments[1:]
         if live_tail and rest and not rest[-1]:
             rest = rest[:-1]
@@ -458,6 +479,8 @@ class Session:
         """Answer ``cmd`` ourselves and drop whatever the client still sends for it."""
         self._answer(cmd, text)
         if literal is not None and not literal.sync:
+            if self.client.silent_continuation:
+                self.client.continuation_received()  # a {n+} payload comes anyway: read it
             self._discarding = True  # its payload is on the way: read it, drop it
         else:
             self.client.command_finished(cmd.tag)
@@ -571,8 +594,10 @@ class Session:
                 if not self._dance:
                     self._flush_after_dance()
                 return False
+            silent = self.client.silent_continuation  # it confirms a {n+}: not the client's
             resumed = self.client.continuation_received()
-            out.to_client.append(ev.raw)
+            if not silent:
+                out.to_client.append(ev.raw)
             return resumed
         if kind is ResponseKind.TAGGED:
             return self._on_tagged(ev)
@@ -756,25 +781,39 @@ class Session:
         return out
 
 
-def _split_at_sync_literals(raw: bytes) -> list[bytes]:
-    """Cut command bytes after every synchronising literal announcement."""
+def _split_at_literals(raw: bytes, *, confirm: bool) -> list[bytes]:
+    """Cut command bytes after every synchronising literal announcement; with ``confirm``
+    after every announcement, ``{n+}`` forwarded as ``{n}`` (confirmed literals)."""
     segments: list[bytes] = []
-    start = pos = 0
+    current: list[bytes] = []
+    pos = 0
     while pos < len(raw):
         nl = raw.find(b"\n", pos)
         if nl < 0:
             break
         end = nl + 1
-        literal = literal_at_end(raw[pos:end])
+        line = raw[pos:end]
+        literal = literal_at_end(line)
         pos = end
         if literal is None:
+            current.append(line)
             continue
-        if literal.sync:
-            segments.append(raw[start:end])
-            start = end
+        if literal.sync or confirm:
+            current.append(line if literal.sync else _as_sync(line))
+            segments.append(b"".join(current))
+            current = []
+        else:
+            current.append(line)
+        current.append(raw[end : end + literal.size])
         pos = end + literal.size
-    segments.append(raw[start:])
+    current.append(raw[pos:])
+    segments.append(b"".join(current))
     return segments
+
+
+def _as_sync(line: bytes) -> bytes:
+    """``... {n+}`` CRLF as ``... {n}`` CRLF."""
+    return _NONSYNC_END.sub(rb"}\1", line)
 
 
 def _response_code(raw: bytes) -> str | None:

@@ -118,7 +118,16 @@ _AFTER_CONTINUATION = (_State.SASL_LINE, _State.IDLE_LINE)
 
 
 class ClientParser:
-    __slots__ = ("_framer", "_name", "_pending_literal", "_state", "_tag", "_wait_next")
+    __slots__ = (
+        "_framer",
+        "_name",
+        "_pending_literal",
+        "_silent",
+        "_state",
+        "_tag",
+        "_wait_next",
+        "confirm_literals",
+    )
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self._framer = Framer(max_line, split_long_lines=False)
@@ -127,6 +136,11 @@ class ClientParser:
         self._name = ""
         self._pending_literal = 0  # size of a synchronising literal awaiting "+"
         self._wait_next: _State | None = None  # where WAIT_SERVER goes on "+"
+        # When set, a non-synchronising literal waits for the server's "+" like {n}: the
+        # session forwards it as {n}, so the server, not the proxy, decides whether the
+        # next bytes are payload or a command (see session.py, "confirmed literals").
+        self.confirm_literals = False
+        self._silent = False  # the awaited "+" answers a {n+}: the client expects none
 
     # -- input ----------------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray) -> None:
@@ -146,6 +160,11 @@ class ClientParser:
         return self._state is _State.LITERAL
 
     # -- answers from the other direction -------------------------------------------
+    @property
+    def silent_continuation(self) -> bool:
+        """The awaited ``+`` confirms a ``{n+}`` literal: it is not for the client."""
+        return self._state is _State.WAIT_CONTINUATION and self._silent
+
     def continuation_received(self) -> bool:
         """The server sent ``+``. Returns True if that resumed the parser."""
         if self._state is _State.WAIT_CONTINUATION:
@@ -257,9 +276,10 @@ class ClientParser:
             else:
                 self._state = _State.WAIT_SERVER
                 self._wait_next = _State[wait_next] if wait_next else None
-        elif literal.sync:
+        elif literal.sync or self.confirm_literals:
             self._state = _State.WAIT_CONTINUATION
             self._pending_literal = literal.size
+            self._silent = not literal.sync
         else:
             self._begin_literal(literal.size)
 

@@ -266,3 +266,35 @@ async def test_reload_applies_to_open_session_and_bad_file_keeps_old_rules(
         assert answer[-1].startswith(b"d3 OK")
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"n CREATE foo {%d+}\r\n",  # Dovecot reads one argument and skips the rest
+        b"n RENAME x y {%d+}\r\n",
+        b"n XFOO {%d+}\r\n",  # unknown command
+        b"n UID BOGUS {%d+}\r\n",
+        b"n NOOP {%d+}\r\n",  # no arguments at all
+        b"n SELECT x{%d+}\r\n",  # glued to an atom
+        b'n SELECT "ab {%d+}\r\n',  # inside an open quoted string
+        b"\x01 {%d+}\r\n",  # not a command line at all
+    ],
+)
+async def test_literal_the_server_would_not_read_cannot_smuggle_a_blocked_command(
+    dovecot: Dovecot, ruled: RunningProxy, line: bytes
+) -> None:
+    """The "payload" of a {n+} that Dovecot does not read as a literal is a command to
+    Dovecot: the proxy must see it as one too, and apply the rules to it."""
+    a = new_account(dovecot)
+    smuggled = b"b DELETE Projects"
+
+    def run() -> None:
+        with RawIMAP(ruled.address) as c:
+            _login(c, a)
+            assert c.command(b"c1", b"CREATE Projects")[-1].startswith(b"c1 OK")
+            c.send(line % len(smuggled) + smuggled + b"\r\nz NOOP\r\n")
+            c.until_tagged(b"z")
+        assert b"Projects" in _direct_list(dovecot, a)
+
+    await trio.to_thread.run_sync(run)

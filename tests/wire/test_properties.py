@@ -135,7 +135,9 @@ def test_session_holding_every_command_still_forwards_the_stream_unchanged(
     # the upstream answers the first one.
     whole = data.draw(st.booleans(), label="one read")
     chunks = [stream.data] if whole else data.draw(splits(stream.data))
-    session = Session(SessionSettings(policy=_HoldEverything()))
+    # The holding machinery alone: confirmed literals ({n+} forwarded as {n}, see
+    # session.py) would change the bytes on purpose and are tested on their own.
+    session = Session(SessionSettings(policy=_HoldEverything(), confirm_literals=False))
     upstream = ClientParser()  # the fake server's view of what it receives
     answers = {tag: list(a) for tag, a in stream.plan.items()}
     received: list[bytes] = []
