@@ -170,9 +170,11 @@ def test_sighup_reloads_rules_for_open_session_and_keeps_them_on_a_bad_file(
         raise AssertionError(f"no {event} line")
 
     with RawIMAP(("127.0.0.1", port)) as c:
-        assert c.command(b"a1", b"LOGIN %s %s" % (account.name.encode(), account.password.encode()))[-1].startswith(b"a1 OK")
+        login = b"LOGIN %s %s" % (account.name.encode(), account.password.encode())
+        assert c.command(b"a1", login)[-1].startswith(b"a1 OK")
         assert c.command(b"a2", b"CREATE Keep")[-1].startswith(b"a2 OK")
-        config.write_text(base + "rules:\n  - name: no-delete\n    action: block\n    when: {command: [DELETE]}\n")
+        rule = "rules:\n  - name: no-delete\n    action: block\n    when: {command: [DELETE]}\n"
+        config.write_text(base + rule)
         proc.send_signal(signal.SIGHUP)
         wait_for("reloaded")
         assert c.command(b"a3", b"DELETE Keep")[-1].startswith(b"a3 NO [no-delete]")

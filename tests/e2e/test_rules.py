@@ -212,9 +212,7 @@ async def test_log_rule_lines_and_no_password_anywhere(
     with trio.fail_after(5):
         while sum(r.getMessage() == "session_closed" for r in caplog.records) < 3:
             await trio.sleep(0.02)
-    commands = [
-        getattr(r, "imapproxy_fields") for r in caplog.records if r.getMessage() == "command"
-    ]
+    commands = [r.imapproxy_fields for r in caplog.records if r.getMessage() == "command"]
     by_tag = {c["tag"]: c for c in commands}
     login = by_tag["L"]
     assert login["command"] == "LOGIN" and login["status"] == "OK" and login["user"] == a.name
