@@ -7,6 +7,7 @@ then SIGKILL after a timeout); everything listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 import resource
@@ -180,12 +181,19 @@ def memory(pid: int) -> Memory:
     return Memory(rss, pss)
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process (all threads), from /proc/PID/stat."""
+    """User+system CPU time of a process, all threads, with ns resolution (the process CPU
+    clock); /proc/PID/stat's 10 ms ticks are too coarse for a 0.2 s bulk trial."""
+    clock = ctypes.c_int()
+    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:
+        with contextlib.suppress(OSError):
+            return time.clock_gettime(clock.value)
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_snapshot() -> dict[int, tuple[int, int]]:
