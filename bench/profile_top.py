@@ -2,7 +2,8 @@
 
     python3 bench/profile_top.py FILE [--top N] [--per N]
 
-FILE is a cProfile ``.pstats`` file (bench/cprofile_proxy.py: CPU-time clock) or a
+FILE is a ``perf record`` file (``.perf.data``: on-CPU time by kernel/interpreter/symbol),
+a cProfile ``.pstats`` file (bench/cprofile_proxy.py: CPU-time clock) or a
 ``py-spy record --format raw`` file (``.pyspy.txt``; py-spy drops idle samples unless told
 otherwise, so shares are of on-CPU time). ``--per N`` also prints calls per unit of work
 (e.g. the number of commands or MB the run carried).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import pstats
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -156,7 +158,38 @@ def pyspy_report(path: Path, top: int) -> str:
     return "\n".join(out)
 
 
+# --- perf ------------------------------------------------------------------------------------
+def perf_report(path: Path, top: int) -> str:
+    """On-CPU time by binary (kernel / interpreter / extension) and by native symbol."""
+    out = [f"{path.name}: perf cpu-clock samples (on CPU only)"]
+    for sort in ("dso", "dso,sym"):
+        res = subprocess.run(
+            [
+                "perf",
+                "report",
+                "-i",
+                str(path),
+                "--stdio",
+                "--no-children",
+                "-g",
+                "none",
+                "--percent-limit",
+                "0.7",
+                "--sort",
+                sort,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        rows = [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+        out += ["", f"by {sort}:", *rows[:top]]
+    return "\n".join(out)
+
+
 def report(path: Path, top: int = 25, per: float | None = None) -> str:
+    if path.name.endswith(".perf.data"):
+        return perf_report(path, top)
     if path.suffix == ".pstats":
         return pstats_report(path, top, per)
     return pyspy_report(path, top)

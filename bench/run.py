@@ -257,9 +257,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         lab.stop()
     elapsed = time.monotonic() - t_start
     if args.profile:
-        notes["profiles"] = sorted(
-            str(p) for p in [*workdir.glob("*.pstats"), *workdir.glob("*.pyspy.txt")]
-        )
+        found = [*workdir.glob("*.pstats"), *workdir.glob("*.pyspy.txt")]
+        found += workdir.glob("*.perf.data")
+        notes["profiles"] = sorted(str(p) for p in found)
     elif not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return {
@@ -440,6 +440,16 @@ def detail_lines(results: dict[str, dict[str, Cell]], notes: dict[str, object]) 
                     f"{statistics.median(pairs):.2f} (min {min(pairs):.2f}, max {max(pairs):.2f})"
                 )
     if "steady" in results:
+        tails = []
+        for t, c in results["steady"].items():
+            lat = c.latencies_ns
+            slow = sum(1 for x in lat if x >= 40_000_000)
+            worst = max(lat, default=0) / 1e6
+            tails.append(
+                f"{t}: p99.9 {c.percentile_ms(0.999) or 0:.2f}, max {worst:.1f}, "
+                f"{slow} of {len(lat)} >= 40 ms"
+            )
+        lines.append("- steady latency tail (ms): " + "; ".join(tails))
         for t, c in results["steady"].items():
             kinds = ", ".join(
                 f"{k} {c.extra_median('p50_ms ' + k):.3f}"
@@ -500,6 +510,8 @@ def to_json(report: dict[str, object], rows: list[Row]) -> dict[str, object]:
                 "spread": c.spread(),
                 "p50_ms": c.percentile_ms(0.5),
                 "p99_ms": c.percentile_ms(0.99),
+                "p999_ms": c.percentile_ms(0.999),
+                "max_ms": max(c.latencies_ns) / 1e6 if c.latencies_ns else None,
                 "extras": c.extras,
             }
             for t, c in cells.items()
@@ -534,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--haproxy-threads", type=int, help="haproxy nbthread (default: all CPUs)")
     p.add_argument(
         "--profile",
-        choices=["cprofile", "py-spy"],
+        choices=["cprofile", "py-spy", "perf"],
         help="profile imapproxy (cProfile wrapper, or py-spy record on its PID); "
         "the files land in the work dir, py-spy's are summarised",
     )
@@ -576,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         f"code: {env['code']}"
     )
     if "profiles" in notes:
-        print(f"- cProfile output: {', '.join(notes['profiles'])}")  # type: ignore[arg-type]
+        files = ", ".join(notes["profiles"])  # type: ignore[arg-type]
+        print(f"- profiles (summarise with bench/profile_top.py FILE): {files}")
     if args.json:
         args.json.write_text(json.dumps(to_json(report, rows), indent=1, default=str))
         print(f"- JSON: {args.json}")

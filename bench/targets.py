@@ -464,8 +464,7 @@ class Lab:
         )
         self._procs.append(proc)
         wait_port(("127.0.0.1", port), proc, 30.0)
-        if self.profile == "py-spy":
-            self._start_pyspy(proc.pid, self.workdir / f"{slug}.pyspy.txt")
+        self._start_recorder(proc.pid, slug)
         return Target(name, ("127.0.0.1", port), proc, {"metrics": metrics_arg})
 
     def _start_baseline(self, name: str, up: tuple[str, int]) -> Target:
@@ -499,9 +498,43 @@ class Lab:
         )
         self._procs.append(proc)
         wait_port(("127.0.0.1", port), proc, 30.0)
-        if self.profile == "py-spy":
-            self._start_pyspy(proc.pid, self.workdir / f"{name}.pyspy.txt")
+        self._start_recorder(proc.pid, name)
         return Target(name, ("127.0.0.1", port), proc, {"command": cmd})
+
+    def _start_recorder(self, pid: int, slug: str) -> None:
+        if self.profile == "py-spy":
+            self._start_pyspy(pid, self.workdir / f"{slug}.pyspy.txt")
+        elif self.profile == "perf":
+            self._start_perf(pid, self.workdir / f"{slug}.perf.data")
+
+    def _start_perf(self, pid: int, out: Path) -> None:
+        """On-CPU samples only (cpu-clock), kernel and native frames: where the CPU goes
+        between the kernel, the interpreter and C extensions (Python frames are not named)."""
+        binary = shutil.which("perf")
+        if binary is None:
+            raise RuntimeError("perf not found (apt-get install linux-perf)")
+        log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
+        rec = subprocess.Popen(
+            [
+                binary,
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "999",
+                "-g",
+                "-p",
+                str(pid),
+                "-o",
+                str(out),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        self._recorders.append(rec)
+        time.sleep(0.5)
 
     def _start_pyspy(self, pid: int, out: Path) -> None:
         """Sample the proxy (collapsed stacks, 250 Hz, without pausing it) until stop()."""
