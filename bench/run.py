@@ -196,6 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     )
     results: dict[str, dict[str, Cell]] = {}
     notes: dict[str, object] = {}
+    errors: dict[str, str] = {}
+    notes["errors"] = errors
     t_start = time.monotonic()
     try:
         log(f"starting Dovecot, relays ({', '.join(targets)}) in {workdir}")
@@ -210,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         addr = {t: lab.targets[t].address for t in targets}
         pid = {t: lab.targets[t].pid for t in targets}
 
-        if "bulk" in modes:
+        def run_bulk() -> dict[str, Cell]:
             proc, ceiling_addr = start_ceiling_server(len(box.bulk))
             try:
                 c = workloads.ceiling(ceiling_addr, len(box.bulk), max(plan.bulk_fetches, 5))
@@ -219,37 +221,45 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             notes["client_ceiling_MBps"] = round(c.value, 1)
             notes["client_ceiling_cpu"] = round(c.extra["client_cpu"], 2)
             log(f"client ceiling (no server cost): {c.value:.0f} MB/s")
-            results["bulk"] = interleave(
+            return interleave(
                 "bulk",
                 targets,
                 plan.rounds,
                 lambda t: workloads.bulk(addr[t], box, plan.bulk_fetches, pid[t]),
             )
-        if "steady" in modes:
-            results["steady"] = interleave(
+
+        runners: dict[str, Callable[[], dict[str, Cell]]] = {
+            "bulk": run_bulk,
+            "steady": lambda: interleave(
                 "steady",
                 targets,
                 plan.rounds,
                 lambda t: workloads.steady(addr[t], box, plan.steady_seconds, 200_000, pid[t]),
-            )
-        if "session" in modes:
-            results["session"] = interleave(
+            ),
+            "session": lambda: interleave(
                 "session",
                 targets,
                 plan.rounds,
                 lambda t: workloads.session(addr[t], box, plan.session_seconds, 20_000, pid[t]),
-            )
-        if "idle" in modes:
-            relays = [t for t in targets if t != "direct"]
-            results["idle"] = interleave(
+            ),
+            "idle": lambda: interleave(
                 "idle",
-                relays,
+                [t for t in targets if t != "direct"],
                 plan.idle_rounds,
                 lambda t: workloads.idle(
                     addr[t], pid[t] or 0, plan.idle_sessions, plan.idle_concurrency
                 ),
                 warmup=False,
-            )
+            ),
+        }
+        for mode in MODES:
+            if mode not in modes:
+                continue
+            try:
+                results[mode] = runners[mode]()
+            except Exception as exc:  # one failing mode must not lose the others' figures
+                log(f"{mode} failed: {exc!r}")
+                errors[mode] = repr(exc)
         for t in targets:
             if lab.targets[t].notes:
                 notes[t] = lab.targets[t].notes
@@ -463,7 +473,8 @@ def detail_lines(results: dict[str, dict[str, Cell]], notes: dict[str, object]) 
             lines.append(
                 f"- idle {t}: RSS {e['rss_before_kib']:.0f} -> {e['rss_after_kib']:.0f} KiB "
                 f"with sessions open, {e['rss_closed_kib']:.0f} KiB after closing them "
-                f"(opened in {e['open_seconds']:.1f} s)"
+                f"({e.get('sessions_opened', 0):.0f} sessions opened in {e['open_seconds']:.1f} s, "
+                f"{e.get('open_errors', 0):.0f} errors)"
             )
     return lines
 
@@ -576,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     notes = report["notes"]
     assert isinstance(notes, dict)
+    for mode, err in notes.get("errors", {}).items():  # type: ignore[union-attr]
+        print(f"- {mode} FAILED: {err}")
     for line in [*verdicts(rows), *detail_lines(results, notes)]:
         print(line)
     env = report["env"]
@@ -593,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(to_json(report, rows), indent=1, default=str))
         print(f"- JSON: {args.json}")
-    return 0
+    return 1 if notes.get("errors") else 0
 
 
 if __name__ == "__main__":

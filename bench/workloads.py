@@ -194,13 +194,29 @@ def idle(
     time.sleep(settle)
     before = memory(pid)
     conns: list[Conn] = []
+    errors: list[BaseException] = []
     t0 = time.perf_counter()
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(_open_idle, address) for _ in range(sessions)]
-            for fut in concurrent.futures.as_completed(futures, timeout=timeout):
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency)
+        futures = [pool.submit(_open_idle, address) for _ in range(sessions)]
+        concurrent.futures.wait(futures, timeout=timeout)
+        # Past the deadline: drop what has not started; what runs ends within its socket
+        # timeout. Every connection made is collected, so every one is closed below.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for fut in futures:
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if exc is None:
                 conns.append(fut.result())
+            else:
+                errors.append(exc)
         opened = time.perf_counter() - t0
+        if len(conns) < sessions // 2:
+            raise IMAPError(
+                f"idle: only {len(conns)} of {sessions} sessions opened in {opened:.0f} s "
+                f"({len(errors)} errors, first: {errors[0] if errors else None!r})"
+            )
         time.sleep(settle)
         after = memory(pid)
         # Every session is still alive end to end: one NOOP on a sample of them.
@@ -211,12 +227,15 @@ def idle(
             c.close()
     time.sleep(settle * 2)
     closed = memory(pid)
+    n = len(conns)
     extra: dict[str, float] = {
         "open_seconds": opened,
+        "sessions_opened": n,
+        "open_errors": len(errors),
         "rss_before_kib": before.rss_kib,
         "rss_after_kib": after.rss_kib,
         "rss_closed_kib": closed.rss_kib,
     }
     if before.pss_kib is not None and after.pss_kib is not None:
-        extra["pss_per_session_kib"] = (after.pss_kib - before.pss_kib) / sessions
-    return Trial((after.rss_kib - before.rss_kib) / sessions, extra)
+        extra["pss_per_session_kib"] = (after.pss_kib - before.pss_kib) / n
+    return Trial((after.rss_kib - before.rss_kib) / n, extra)
