@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -189,6 +189,8 @@ class SessionDriver:
                 data = b""
             self._touch()
             await self._execute(session.client_data(data))
+            if not data:
+                self._stream_ended("client closed the connection")
 
     async def _pump_upstream(self) -> None:
         session = self.session
@@ -204,6 +206,16 @@ class SessionDriver:
             if not session.client_paused:
                 self._resume.set()
             await self._execute(out)
+            if not data:
+                self._stream_ended("upstream closed the connection")
+
+    def _stream_ended(self, reason: str) -> NoReturn:
+        """A pump stops at EOF: reading again could spin for ever, since a broken SSLStream
+        raises at once, without a checkpoint, so the cancellation never gets in and no
+        other task of the process runs."""
+        if self.close_reason == "unknown":
+            self.close_reason = self.session.closed or reason
+        raise _SessionOver
 
     def _touch(self) -> None:
         self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout
