@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -481,6 +482,73 @@ async def test_no_plaintext_reaches_the_client_between_starttls_ok_and_handshake
             assert imap.until_tagged(b"n") == [b"n OK late\r\n"]  # delivered over TLS
 
     await trio.to_thread.run_sync(session)
+
+
+async def test_tls_client_and_upstream_closing_together_do_not_wedge_the_proxy(
+    pki: PKI, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # Both legs hit EOF in one scheduler batch: the upstream pump ends the session while the
+    # client pump meets its broken SSLStream, which raises without a checkpoint. Looping on
+    # that once spun for ever. In a child process: a wedged event loop would hang this one.
+    conns: list[trio.SocketStream] = []
+
+    async def keep(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"* OK fake\r\n")
+        conns.append(stream)
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), keep, 0)
+    upstream = listeners[0].socket.getsockname()[1]
+    tls_port, plain_port = _free_port(), _free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f'listen: "127.0.0.1:{plain_port}"\n'
+        f'listen_tls: {{address: "127.0.0.1:{tls_port}", cert: "{pki.cert}", key: "{pki.key}"}}\n'
+        f'upstream: "127.0.0.1:{upstream}"\nmetrics: {{address: null}}\nlog: {{level: error}}\n'
+        "limits: {grace_period: 0}\n"
+    )
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "imapproxy", "--config", str(config)], stderr=subprocess.DEVNULL
+    )
+    closing: list[trio.SocketStream] = []
+
+    async def greeted() -> trio.SocketStream:
+        with trio.fail_after(5):  # a wedged proxy never greets again
+            while True:
+                try:
+                    tcp = await trio.open_tcp_stream("127.0.0.1", tls_port)
+                    break
+                except OSError:  # still starting
+                    await trio.sleep(0.05)
+            client = trio.SSLStream(tcp, pki.client_context(), server_hostname="localhost")
+            assert (await client.receive_some(4096)).startswith(b"* OK")
+            while not conns:
+                await trio.sleep(0.001)
+        return tcp
+
+    try:
+        for _ in range(60):
+            tcp = await greeted()
+            # Both legs end in one step: FIN without close_notify, so the proxy's SSLStream
+            # breaks; shutdown rather than close, as unread data would make close an RST.
+            conns.pop().socket.close()
+            tcp.socket.shutdown(socket.SHUT_WR)
+            closing.append(tcp)
+        await greeted()
+    finally:
+        proc.terminate()
+        with trio.move_on_after(5):
+            await proc.wait()
+        proc.kill()  # a wedged event loop never handles SIGTERM
+        await proc.wait()
+        for tcp in closing:
+            tcp.socket.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # --- certificates on SIGHUP ----------------------------------------------------------------
