@@ -247,7 +247,10 @@ def interleave(
     results: dict[str, list[float]] = {t.name: [] for t in targets}
     for _ in range(rounds):
         for t in targets:
-            results[t.name].append(run(t))
+            try:
+                results[t.name].append(run(t))
+            except Exception as exc:
+                raise RuntimeError(f"target {t.name!r} failed: {exc!r}") from exc
     return results
 
 
@@ -321,6 +324,11 @@ def main() -> int:
                 plain_starttls,
             ]
             rate = interleave(conn_targets, rounds, lambda t: connects(t, seconds, args.threads))
+        except BaseException:
+            for log in [*sorted(work.glob("*.log")), dovecot.log_path]:
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
+            raise
         finally:
             for proc in procs:
                 _stop(proc)
