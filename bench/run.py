@@ -119,7 +119,7 @@ class QuietGate:
         self.waited = 0.0
 
     def wait(self) -> None:
-        if self.threshold >= 1.0:
+        if self.threshold >= 1.0 or self.waited >= self.budget:
             return
         start = time.monotonic()
         while True:
