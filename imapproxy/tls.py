@@ -61,8 +61,9 @@ _S = TypeVar("_S", bound=trio.abc.Stream)
 
 
 class TLSSetupError(OSError):
-    """A certificate, key or CA file could not be used. An OSError so the command line
-    reports it like a port that cannot be bound: one line, exit status 1."""
+    """A certificate, key or CA file could not be used. Raised when serving starts (and
+    caught by a reload): an OSError, so it takes the start-up path of a port that cannot
+    be bound."""
 
 
 # --- contexts ----------------------------------------------------------------------------
@@ -218,7 +219,7 @@ async def starttls_upstream(
         raise UpstreamTLSError(f"upstream greeting is not '* OK': {_show(greeting)}")
     caps = code[11:] if code[:11].upper() == b"CAPABILITY " else None
     if caps is None:
-        caps, _ = await _command(plain, b"tls1", b"CAPABILITY", "CAPABILITY")
+        caps = await _command(plain, b"tls1", b"CAPABILITY", "CAPABILITY")
     if b"STARTTLS" not in caps.upper().split():
         raise UpstreamTLSError("upstream does not offer STARTTLS")
     await _command(plain, b"tls2", b"STARTTLS", "STARTTLS")
@@ -229,7 +230,7 @@ async def starttls_upstream(
     tls = trio.SSLStream(stream, context, server_hostname=server_name)
     await _handshake(tls, telemetry)
     secure = _Lines(tls)
-    caps, _ = await _command(secure, b"tls3", b"CAPABILITY", "CAPABILITY after STARTTLS")
+    caps = await _command(secure, b"tls3", b"CAPABILITY", "CAPABILITY after STARTTLS")
     code_part = b"[CAPABILITY " + b" ".join(caps.split()) + b"] " if caps.strip() else b""
     synthesized = b"* OK " + code_part + (_printable(text) or b"ready") + b"\r\n"
     return UpstreamTLSStream(tls, synthesized + secure.take_buffer())
@@ -244,14 +245,14 @@ async def _handshake(tls: trio.SSLStream[_S], telemetry: Telemetry) -> None:
     telemetry.tls_handshake("upstream", "ok")
 
 
-async def _command(lines: _Lines, tag: bytes, command: bytes, what: str) -> tuple[bytes, bytes]:
-    """Send ``tag command``; return (capabilities seen, tagged text) once tagged OK."""
+async def _command(lines: _Lines, tag: bytes, command: bytes, what: str) -> bytes:
+    """Send ``tag command``; once it is answered OK, return the capabilities seen."""
     await lines.send(tag + b" " + command + b"\r\n")
     caps = b""
     while True:
         line = await lines.line()
         if line[:2] == b"* ":
-            status, code, _ = _status(line[2:])
+            status = _status(line[2:])[0]
             if status == b"CAPABILITY":
                 caps = line[2 + len(b"CAPABILITY ") :].rstrip(b"\r\n")
             elif status == b"BYE":
@@ -259,12 +260,12 @@ async def _command(lines: _Lines, tag: bytes, command: bytes, what: str) -> tupl
             continue
         if not line.startswith(tag + b" "):
             raise UpstreamTLSError(f"unexpected answer to {what}: {_show(line)}")
-        status, code, text = _status(line[len(tag) + 1 :])
+        status, code, _ = _status(line[len(tag) + 1 :])
         if status != b"OK":
             raise UpstreamTLSError(f"upstream refused {what}: {_show(line)}")
         if code[:11].upper() == b"CAPABILITY ":
             caps = caps or code[11:]
-        return caps, text
+        return caps
 
 
 def _status(rest: bytes) -> tuple[bytes, bytes, bytes]:
