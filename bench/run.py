@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ class Plan:
     idle_sessions: int
     idle_rounds: int
     idle_concurrency: int = 50
+    idle_timeout: float = 180.0  # for opening all idle sessions
 
 
 FULL = Plan(
@@ -57,6 +59,7 @@ FULL = Plan(
     idle_rounds=1,
 )
 QUICK = Plan(
+    idle_timeout=30.0,
     rounds=2,
     bulk_fetches=3,
     steady_seconds=0.5,
@@ -247,7 +250,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 [t for t in targets if t != "direct"],
                 plan.idle_rounds,
                 lambda t: workloads.idle(
-                    addr[t], pid[t] or 0, plan.idle_sessions, plan.idle_concurrency
+                    addr[t],
+                    pid[t] or 0,
+                    plan.idle_sessions,
+                    plan.idle_concurrency,
+                    timeout=plan.idle_timeout,
                 ),
                 warmup=False,
             ),
@@ -574,6 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write all figures (every round) here")
     args = p.parse_args(argv)
 
+    def stop_on_term(signum: int, frame: object) -> None:
+        # e.g. `timeout 60 bench/run.py --quick`: unwind so every child is stopped by PID.
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop_on_term)
     report = run(args)
     results = report["results"]
     assert isinstance(results, dict)
