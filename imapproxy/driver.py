@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import trio
 
 from .actions import CommandBlocked, CommandDone, LoginDone, Output, ProtocolIssue, RuleHit
+from .fastio import Receiver, Sender
 from .logs import log_event
 from .session import Session, SessionSettings
 from .telemetry import Telemetry
@@ -67,10 +68,13 @@ class SessionDriver:
         self.bytes_down = 0  # upstream -> client
         self.close_reason = "unknown"
         self.shutting_down = False  # set by the listener when the grace period is over
-        self._client_lock = trio.StrictFIFOLock()
-        self._upstream_lock = trio.StrictFIFOLock()
+        self._to_client = Sender(client)
+        self._from_client = Receiver(client)
+        self._from_upstream: Receiver | None = None
+        self._to_upstream: Sender | None = None
         self._resume = trio.Event()
         self._idle_scope = trio.CancelScope()
+        self._touched = -1e9
         self._tls_info: dict[str, Any] = tls_details(client)  # implicit TLS: handshake done
 
     # --- lifecycle -------------------------------------------------------------------
@@ -118,6 +122,8 @@ class SessionDriver:
         with trio.move_on_after(self.ctx.connect_timeout):
             try:
                 self.upstream = await self.ctx.connect_upstream()
+                self._to_upstream = Sender(self.upstream)
+                self._from_upstream = Receiver(self.upstream)
             except OSError as exc:
                 reason = "connect_refused"
                 detail = str(exc)
@@ -167,6 +173,12 @@ class SessionDriver:
                     pass
 
     async def _close_streams(self) -> None:
+        self._to_client.close()
+        self._from_client.close()
+        if self._from_upstream is not None:
+            self._from_upstream.close()
+        if self._to_upstream is not None:
+            self._to_upstream.close()
         for stream in (self.client, self.upstream):
             if stream is not None:
                 with trio.move_on_after(2):
@@ -184,7 +196,7 @@ class SessionDriver:
                 await self._resume.wait()
             try:
                 # self.client, not a local: STARTTLS replaces it with the TLS stream.
-                data = await self.client.receive_some(RECEIVE_SIZE)
+                data = await self._from_client.receive(RECEIVE_SIZE)
             except CONNECTION_ERRORS:
                 data = b""
             self._touch()
@@ -194,11 +206,11 @@ class SessionDriver:
 
     async def _pump_upstream(self) -> None:
         session = self.session
-        upstream = self.upstream
-        assert upstream is not None
+        receiver = self._from_upstream
+        assert receiver is not None
         while True:
             try:
-                data = await upstream.receive_some(RECEIVE_SIZE)
+                data = await receiver.receive(RECEIVE_SIZE)
             except CONNECTION_ERRORS:
                 data = b""
             self._touch()
@@ -218,32 +230,40 @@ class SessionDriver:
         raise _SessionOver
 
     def _touch(self) -> None:
-        self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout
+        # Moving a cancel scope's deadline is a heap operation: not on every read (at most
+        # every tenth of the timeout, so the timeout stays within 10% of what is configured).
+        now = trio.current_time()
+        if now - self._touched > min(1.0, self.ctx.idle_timeout / 10):
+            self._touched = now
+            self._idle_scope.deadline = now + self.ctx.idle_timeout
 
     # --- executing decisions -----------------------------------------------------------
     async def _execute(self, out: Output) -> None:
-        if out.to_upstream and self.upstream is not None:
-            data = out.to_upstream[0] if len(out.to_upstream) == 1 else b"".join(out.to_upstream)
-            async with self._upstream_lock:
-                try:
-                    await self.upstream.send_all(data)
-                except CONNECTION_ERRORS:
-                    out.close = out.close or "upstream connection lost"
-            self.bytes_up += len(data)
-            self.ctx.telemetry.bytes_forwarded("client_to_upstream", len(data))
+        # Client first: the proxy's own answers concern commands sent before anything
+        # forwarded in this batch, and must reach the client before the server's replies.
         if out.to_client:
             data = out.to_client[0] if len(out.to_client) == 1 else b"".join(out.to_client)
-            async with self._client_lock:
-                try:
-                    await self.client.send_all(data)
-                    if out.start_client_tls:
-                        # Under the lock that sent the OK: no response may reach the client
-                        # in plaintext between the OK and the handshake.
+            try:
+                if out.start_client_tls:
+                    # Under the lock that sends the OK: no response may reach the client
+                    # in plaintext between the OK and the handshake.
+                    async with self._to_client.lock:
+                        await self.client.send_all(data)
                         await self._start_client_tls()
-                except CONNECTION_ERRORS:
-                    out.close = out.close or "client connection lost"
+                else:
+                    await self._to_client.send(data)
+            except CONNECTION_ERRORS:
+                out.close = out.close or "client connection lost"
             self.bytes_down += len(data)
             self.ctx.telemetry.bytes_forwarded("upstream_to_client", len(data))
+        if out.to_upstream and self._to_upstream is not None:
+            data = out.to_upstream[0] if len(out.to_upstream) == 1 else b"".join(out.to_upstream)
+            try:
+                await self._to_upstream.send(data)
+            except CONNECTION_ERRORS:
+                out.close = out.close or "upstream connection lost"
+            self.bytes_up += len(data)
+            self.ctx.telemetry.bytes_forwarded("client_to_upstream", len(data))
         if out.notes:
             self._observe(out)
         if out.start_client_tls and out.close is None:
@@ -308,6 +328,8 @@ class SessionDriver:
             self.close_reason = f"client TLS handshake failed: {exc}"
             raise _SessionOver from exc
         self.ctx.telemetry.tls_handshake("client", "ok")
+        self._to_client.replace(self.client)
+        self._from_client.replace(self.client)
         self._tls_info.update(tls_details(self.client))
 
 

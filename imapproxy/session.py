@@ -74,7 +74,7 @@ from .wire import (
     SaslResponse,
     ServerParser,
 )
-from .wire.capabilities import CapabilityFilter
+from .wire.capabilities import CapabilityFilter, shared_filter
 from .wire.framing import literal_at_end
 from .wire.tokens import TokenError, parse_command
 
@@ -761,7 +761,7 @@ class Session:
             add.append(b"STARTTLS")
         if s.require_tls and not self.client_tls:
             add.append(b"LOGINDISABLED")
-        return CapabilityFilter(s.hide_capabilities, add)
+        return shared_filter(s.hide_capabilities, tuple(add))
 
     def _fatal(self, side: str, reason: str) -> None:
         if side == "client":

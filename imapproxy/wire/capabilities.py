@@ -7,6 +7,7 @@ byte of the line is kept.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Sequence
 
@@ -23,13 +24,23 @@ _UNTAGGED = re.compile(rb"(\* CAPABILITY )([^\r\n]*)", re.IGNORECASE)
 class CapabilityFilter:
     """Removes ``hide`` words (case-insensitive, plus COMPRESS=*) and appends ``add`` words."""
 
-    __slots__ = ("_add", "_hide")
+    __slots__ = ("_add", "_hide", "_memo")
 
     def __init__(self, hide: Collection[bytes], add: Sequence[bytes] = ()) -> None:
         self._hide = frozenset(w.upper() for w in hide)
         self._add = tuple(add)
+        self._memo: dict[bytes, bytes] = {}
 
     def _filter_words(self, words: bytes) -> bytes:
+        # A server announces the same few capability lists to every session: remember them.
+        done = self._memo.get(words)
+        if done is None:
+            if len(self._memo) >= 64:
+                self._memo.clear()
+            done = self._memo[words] = self._filter_uncached(words)
+        return done
+
+    def _filter_uncached(self, words: bytes) -> bytes:
         kept = [
             w
             for w in words.split(b" ")
@@ -54,6 +65,12 @@ class CapabilityFilter:
         if m is None:
             return line
         return line[: m.start(1)] + self._filter_words(m.group(1)) + line[m.end(1) :]
+
+
+@functools.lru_cache(maxsize=16)
+def shared_filter(hide: frozenset[bytes], add: tuple[bytes, ...]) -> CapabilityFilter:
+    """One filter per configuration, shared by sessions (its memo then pays off)."""
+    return CapabilityFilter(hide, add)
 
 
 def capabilities_in(line: bytes) -> list[bytes] | None:
