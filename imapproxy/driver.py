@@ -10,6 +10,7 @@ send lock. The client pump stops reading while the client parser is paused (see
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -91,11 +92,8 @@ class SessionDriver:
         finally:
             if self.shutting_down:
                 self.close_reason = "proxy shutting down"
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await self.client.send_all(b"* BYE [UNAVAILABLE] Proxy shutting down\r\n")
-                    except (*CONNECTION_ERRORS, trio.BusyResourceError):
-                        pass
+                with trio.CancelScope(shield=True):
+                    await self._last_words(b"* BYE [UNAVAILABLE] Proxy shutting down\r\n", 1)
             for note in self.session.abandon():
                 tel.command_done(note)
             with trio.CancelScope(shield=True):
@@ -148,11 +146,7 @@ class SessionDriver:
             detail=detail,
             level=logging.WARNING,
         )
-        with trio.move_on_after(5):
-            try:
-                await self.client.send_all(b"* BYE [UNAVAILABLE] Mail server unavailable\r\n")
-            except CONNECTION_ERRORS:
-                pass
+        await self._last_words(b"* BYE [UNAVAILABLE] Mail server unavailable\r\n")
         return False
 
     async def _pump_both(self) -> None:
@@ -166,11 +160,7 @@ class SessionDriver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
         if self._idle_scope.cancelled_caught and self.close_reason == "unknown":
             self.close_reason = "idle timeout"
-            with trio.move_on_after(5):
-                try:
-                    await self.client.send_all(b"* BYE Idle timeout\r\n")
-                except CONNECTION_ERRORS:
-                    pass
+            await self._last_words(b"* BYE Idle timeout\r\n")
 
     async def _close_streams(self) -> None:
         self._to_client.close()
@@ -181,11 +171,16 @@ class SessionDriver:
             self._to_upstream.close()
         for stream in (self.client, self.upstream):
             if stream is not None:
-                with trio.move_on_after(2):
-                    try:
-                        await stream.aclose()
-                    except CONNECTION_ERRORS:
-                        pass
+                with trio.move_on_after(2), contextlib.suppress(*CONNECTION_ERRORS):
+                    await stream.aclose()
+
+    async def _last_words(self, line: bytes, timeout: float = 5) -> None:
+        """Tell the client why the session ends; a client that is gone is no error."""
+        with (
+            trio.move_on_after(timeout),
+            contextlib.suppress(*CONNECTION_ERRORS, trio.BusyResourceError),
+        ):
+            await self.client.send_all(line)
 
     # --- pumps -----------------------------------------------------------------------
     async def _pump_client(self) -> None:
