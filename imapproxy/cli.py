@@ -20,7 +20,7 @@ from .logs import log_event
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from .metrics import Metrics  # the only module that imports prometheus_client
 
 log = logging.getLogger("imapproxy")
 
@@ -100,8 +100,7 @@ def serve(
     *,
     banner: Callable[[Proxy], str] | None = None,
 ) -> int:
-    telemetry = Telemetry(_start_metrics(cfg))
-    proxy = Proxy(cfg, telemetry, reload_config=reload)
+    proxy: Proxy
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -109,19 +108,25 @@ def serve(
             if banner is not None:
                 print(banner(proxy), flush=True)
 
+    failed = False
     try:
+        telemetry = Telemetry(_start_metrics(cfg))
+        proxy = Proxy(cfg, telemetry, reload_config=reload)
         trio.run(main)
-    except OSError as exc:  # e.g. the listen port is taken or needs privileges
-        log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
-        print(f"imapproxy: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* OSError as group:
+        # Start-up failures (port taken, no privilege, unusable certificate): one line each,
+        # no traceback. The nursery wraps them in an exception group.
+        failed = True
+        for exc in group.exceptions:
+            log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
+            print(f"imapproxy: {exc}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _start_metrics(cfg: Config) -> Metrics | None:
     if cfg.metrics.address is None:
         return None
-    from .metrics import Metrics  # noqa: PLC0415 - the only prometheus_client importer
+    from .metrics import Metrics
 
     metrics = Metrics()
     metrics.serve(cfg.metrics.address.host, cfg.metrics.address.port)
@@ -151,7 +156,7 @@ def demo(argv: Sequence[str]) -> int:
         "--config", type=Path, help="rules and settings to apply (upstream is the demo's)"
     )
     args = p.parse_args(argv)
-    from .demo import demo_banner, start_demo_upstream  # noqa: PLC0415
+    from .demo import demo_banner, start_demo_upstream  # demo mode only
 
     try:
         base = load_config(args.config) if args.config else Config()

@@ -13,7 +13,6 @@ import errno
 import ipaddress
 import logging
 import signal
-
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 

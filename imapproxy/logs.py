@@ -73,6 +73,6 @@ def reopen() -> None:
             handler.acquire()
             try:
                 handler.close()
-                handler.stream = handler._open()  # noqa: SLF001 - the documented reopen path
+                handler.stream = handler._open()  # the handler's own reopen path
             finally:
                 handler.release()
