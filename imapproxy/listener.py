@@ -8,6 +8,7 @@ file keeps the old rules and certificates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import ipaddress
@@ -20,7 +21,7 @@ import trio
 
 from . import logs, sdnotify
 from .config import Config, ConfigError, load_config
-from .driver import SessionContext, SessionDriver, UpstreamConnector
+from .driver import CONNECTION_ERRORS, SessionContext, SessionDriver, UpstreamConnector
 from .logs import log_event
 from .policy import Policy, SessionFacts
 from .session import SessionSettings
@@ -235,11 +236,8 @@ class Proxy:
             await driver.run()
         except Exception:  # whatever went wrong, it ends this session, never the process
             log.exception("session setup failed for %s:%s", host, port)
-            with trio.move_on_after(2):
-                try:
-                    await stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+            with trio.move_on_after(2), contextlib.suppress(*CONNECTION_ERRORS):
+                await stream.aclose()
         finally:
             if driver is not None:
                 self._drivers.discard(driver)
