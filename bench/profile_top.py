@@ -39,8 +39,11 @@ _SYSCALL_NAMES = (
 )
 
 
+_REPO = str(Path(__file__).resolve().parents[1])
+
+
 def _trim(path: str) -> str:
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3.11/", f"{_REPO}/"):
         if marker in path:
             return path.split(marker, 1)[1]
     return path
