@@ -24,7 +24,8 @@ import trio
 from .actions import CommandBlocked, CommandDone, LoginDone, Output, ProtocolIssue, RuleHit
 from .fastio import Receiver, Sender
 from .logs import log_event
-from .session import Session, SessionSettings
+from .session import Session
+from .session_settings import SessionSettings
 from .telemetry import Telemetry
 
 log = logging.getLogger("imapproxy.session")

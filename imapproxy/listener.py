@@ -24,7 +24,7 @@ from .config import Config, ConfigError, load_config
 from .driver import CONNECTION_ERRORS, SessionContext, SessionDriver, UpstreamConnector
 from .logs import log_event
 from .policy import Policy, SessionFacts
-from .session import SessionSettings
+from .session_settings import SessionSettings
 from .telemetry import Telemetry
 from .tls import (
     ClientSideTLS,

@@ -37,13 +37,9 @@ Couplings between directions, all resolved here:
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from .actions import (
     CommandBlocked,
@@ -56,6 +52,7 @@ from .actions import (
 )
 from .policy.mailboxes import decode_mailbox
 from .sasl import login_user, sasl_user
+from .session_settings import PolicyLike, SessionSettings, VerdictLike
 from .wire import (
     CLOSED,
     NEED_DATA,
@@ -76,7 +73,10 @@ from .wire import (
 )
 from .wire.capabilities import CapabilityFilter, shared_filter
 from .wire.framing import literal_at_end
+from .wire.literals import TRAILING_LITERAL, as_sync, split_at_literals
 from .wire.tokens import TokenError, parse_command
+
+__all__ = ["MAX_CONSECUTIVE_BAD", "Session", "SessionSettings"]
 
 MAX_CONSECUTIVE_BAD = 10
 # Commands whose arguments the session reads for itself (user, selected mailbox).
@@ -86,53 +86,6 @@ _DESELECTING = frozenset({"CLOSE", "UNSELECT"})
 _MAILBOX_RESPONSES = frozenset(
     {"LIST", "LSUB", "STATUS", "XLIST", "MYRIGHTS", "ACL", "LISTRIGHTS", "QUOTAROOT", "METADATA"}
 )
-_NONSYNC_END = re.compile(rb"\+\}(\r?\n)\Z")
-_TRAILING_LITERAL = re.compile(rb" ?~?\{\d+\+?\}\r?\n\Z")
-
-
-# --- the policy seam (implemented by imapproxy.policy.Policy) --------------------------
-class VerdictLike(Protocol):
-    @property
-    def block(self) -> tuple[str, str] | None: ...
-    @property
-    def rewritten(self) -> bytes | None: ...
-    @property
-    def log(self) -> str | None: ...
-    @property
-    def matched(self) -> tuple[tuple[str, str], ...]: ...
-
-
-class PolicyLike(Protocol):
-    def needs_arguments(self, command: str) -> bool: ...
-    # facts: whatever SessionSettings.facts builds (the policy's own SessionFacts)
-    def decide(self, facts: Any, command: str, raw: bytes, complete: bool) -> VerdictLike: ...
-    def rewrites_responses(self) -> bool: ...
-    def rewrite_response(self, raw: bytes) -> bytes | None: ...
-
-
-FactsFactory = Callable[
-    [ipaddress.IPv4Address | ipaddress.IPv6Address, str | None, str | None], object
-]
-
-
-_LOOPBACK = ipaddress.ip_address("127.0.0.1")
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSettings:
-    client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = _LOOPBACK
-    max_line: int = 64 * 1024
-    offer_starttls: bool = False  # the proxy performs STARTTLS with clients itself
-    require_tls: bool = False  # refuse LOGIN/AUTHENTICATE until the client leg is TLS
-    client_tls_active: bool = False  # the client connected over implicit TLS
-    policy: PolicyLike | None = None
-    # When set, consulted for every command instead of ``policy``: a reload (SIGHUP) then
-    # applies to sessions already open, from their next command on.
-    policy_source: Callable[[], PolicyLike | None] | None = None
-    facts: FactsFactory | None = None  # builds the policy's SessionFacts
-    # Confirmed literals: None (production) means "while rules are in force".
-    confirm_literals: bool | None = None
-    hide_capabilities: frozenset[bytes] = frozenset({b"STARTTLS", b"LOGINDISABLED"})
 
 
 class _Command:
@@ -305,7 +258,7 @@ class Session:
             raw = ev.raw
         self._pending[ev.tag] = cmd
         if self.client.silent_continuation:
-            raw = _as_sync(raw)
+            raw = as_sync(raw)
         self._to_upstream(raw)
         if ev.literal is None:
             self._end_command()
@@ -333,7 +286,7 @@ class Session:
             return
         if cmd is not None and cmd.capture is not None:
             self._capture(cmd, ev.raw)
-        self._to_upstream(_as_sync(ev.raw) if self.client.silent_continuation else ev.raw)
+        self._to_upstream(as_sync(ev.raw) if self.client.silent_continuation else ev.raw)
         if ev.literal is None:
             self._end_command()
 
@@ -412,7 +365,7 @@ class Session:
         cmd = self._current
         if cmd is None or cmd.name != "APPEND" or self._held is None:
             return False
-        head = _TRAILING_LITERAL.sub(b"", b"".join(self._held))  # the message's announcement
+        head = TRAILING_LITERAL.sub(b"", b"".join(self._held))  # the message's announcement
         try:
             return len(parse_command(head + b"\r\n").args) >= 1
         except TokenError:
@@ -445,7 +398,7 @@ class Session:
         With ``live_tail``, the last announcement is the live literal the client is about
         to stream; its ``+`` belongs to the client, so it ends the last segment unqueued.
         """
-        segments = _split_at_literals(raw, confirm=self.client.confirm_literals)
+        segments = split_at_literals(raw, confirm=self.client.confirm_literals)
         rest = segments[1:]
         if live_tail and rest and not rest[-1]:
             rest = rest[:-1]
@@ -779,41 +732,6 @@ class Session:
         out = self._out
         self._out = Output()
         return out
-
-
-def _split_at_literals(raw: bytes, *, confirm: bool) -> list[bytes]:
-    """Cut command bytes after every synchronising literal announcement; with ``confirm``
-    after every announcement, ``{n+}`` forwarded as ``{n}`` (confirmed literals)."""
-    segments: list[bytes] = []
-    current: list[bytes] = []
-    pos = 0
-    while pos < len(raw):
-        nl = raw.find(b"\n", pos)
-        if nl < 0:
-            break
-        end = nl + 1
-        line = raw[pos:end]
-        literal = literal_at_end(line)
-        pos = end
-        if literal is None:
-            current.append(line)
-            continue
-        if literal.sync or confirm:
-            current.append(line if literal.sync else _as_sync(line))
-            segments.append(b"".join(current))
-            current = []
-        else:
-            current.append(line)
-        current.append(raw[end : end + literal.size])
-        pos = end + literal.size
-    current.append(raw[pos:])
-    segments.append(b"".join(current))
-    return segments
-
-
-def _as_sync(line: bytes) -> bytes:
-    """``... {n+}`` CRLF as ``... {n}`` CRLF."""
-    return _NONSYNC_END.sub(rb"}\1", line)
 
 
 def _response_code(raw: bytes) -> str | None:

@@ -1,0 +1,57 @@
+"""What a session is configured with, and the seam to the policy engine.
+
+The session depends on these protocols, not on ``imapproxy.policy``: tests drive it with
+small fakes, and the engine stays a pure module of its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+# --- the policy seam (implemented by imapproxy.policy.Policy) --------------------------
+class VerdictLike(Protocol):
+    @property
+    def block(self) -> tuple[str, str] | None: ...
+    @property
+    def rewritten(self) -> bytes | None: ...
+    @property
+    def log(self) -> str | None: ...
+    @property
+    def matched(self) -> tuple[tuple[str, str], ...]: ...
+
+
+class PolicyLike(Protocol):
+    def needs_arguments(self, command: str) -> bool: ...
+    # facts: whatever SessionSettings.facts builds (the policy's own SessionFacts)
+    def decide(self, facts: Any, command: str, raw: bytes, complete: bool) -> VerdictLike: ...
+    def rewrites_responses(self) -> bool: ...
+    def rewrite_response(self, raw: bytes) -> bytes | None: ...
+
+
+FactsFactory = Callable[
+    [ipaddress.IPv4Address | ipaddress.IPv6Address, str | None, str | None], object
+]
+
+
+_LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = _LOOPBACK
+    max_line: int = 64 * 1024
+    offer_starttls: bool = False  # the proxy performs STARTTLS with clients itself
+    require_tls: bool = False  # refuse LOGIN/AUTHENTICATE until the client leg is TLS
+    client_tls_active: bool = False  # the client connected over implicit TLS
+    policy: PolicyLike | None = None
+    # When set, consulted for every command instead of ``policy``: a reload (SIGHUP) then
+    # applies to sessions already open, from their next command on.
+    policy_source: Callable[[], PolicyLike | None] | None = None
+    facts: FactsFactory | None = None  # builds the policy's SessionFacts
+    # Confirmed literals: None (production) means "while rules are in force".
+    confirm_literals: bool | None = None
+    hide_capabilities: frozenset[bytes] = frozenset({b"STARTTLS", b"LOGINDISABLED"})
