@@ -16,6 +16,7 @@ it can only be an injection. There is no fallback to plaintext.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,17 @@ import trio
 
 from .driver import ClientTLSStarter, UpstreamConnector, UpstreamTLSError
 from .logs import log_event
+from .wire import (
+    CLOSED,
+    NEED_DATA,
+    LiteralData,
+    ProtocolError,
+    Response,
+    ResponseKind,
+    ResponsePart,
+    ServerParser,
+)
+from .wire.capabilities import capability_words
 
 if TYPE_CHECKING:
     from .config import ClientTLS, TLSListen, Upstream
@@ -49,6 +61,8 @@ __all__ = [
 log = logging.getLogger("imapproxy.tls")
 
 HANDSHAKE_TIMEOUT = 10.0  # a client that does not finish a handshake in this time is dropped
+# "* OK [CODE ...] " before a greeting's human text.
+_GREETING_TEXT = re.compile(rb"\A\* OK (\[[^\]\r\n]*\] ?)?", re.IGNORECASE)
 MAX_NEGOTIATION_LINE = 64 * 1024  # capability lines are a few hundred bytes
 _VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
@@ -212,28 +226,32 @@ async def starttls_upstream(
 ) -> trio.abc.Stream:
     """Upgrade a fresh plaintext upstream connection; raise UpstreamTLSError on anything
     but a clean upgrade. Returns the TLS stream behind a synthesized greeting."""
-    plain = _Lines(stream)
-    greeting = await plain.line()
-    status, code, text = _status(greeting[2:] if greeting[:2] == b"* " else b"")
-    if status != b"OK":
+    plain = _Negotiation(stream)
+    head, greeting = await plain.response()
+    if head.kind is not ResponseKind.UNTAGGED or head.word != "OK":
         raise UpstreamTLSError(f"upstream greeting is not '* OK': {_show(greeting)}")
-    caps = code[11:] if code[:11].upper() == b"CAPABILITY " else None
+    caps = capability_words(greeting)
     if caps is None:
         caps = await _command(plain, b"tls1", b"CAPABILITY", "CAPABILITY")
-    if b"STARTTLS" not in caps.upper().split():
+    if b"STARTTLS" not in (c.upper() for c in caps):
         raise UpstreamTLSError("upstream does not offer STARTTLS")
     await _command(plain, b"tls2", b"STARTTLS", "STARTTLS")
-    if plain.buffered:
+    try:
         # Bytes after the OK were sent in plaintext but would be read as if they came
         # over TLS: an injection (CVE-2011-0411 class). Never interpret them.
-        raise UpstreamTLSError(f"upstream sent {plain.buffered} bytes after the STARTTLS OK")
+        plain.parser.start_tls()
+    except ProtocolError as exc:
+        raise UpstreamTLSError(
+            f"upstream sent {plain.parser.buffered} bytes after the STARTTLS OK"
+        ) from exc
     tls = trio.SSLStream(stream, context, server_hostname=server_name)
     await _handshake(tls, telemetry)
-    secure = _Lines(tls)
+    secure = _Negotiation(tls)
     caps = await _command(secure, b"tls3", b"CAPABILITY", "CAPABILITY after STARTTLS")
-    code_part = b"[CAPABILITY " + b" ".join(caps.split()) + b"] " if caps.strip() else b""
+    code_part = b"[CAPABILITY " + b" ".join(caps) + b"] " if caps else b""
+    text = _GREETING_TEXT.sub(b"", greeting.rstrip(b"\r\n"))
     synthesized = b"* OK " + code_part + (_printable(text) or b"ready") + b"\r\n"
-    return UpstreamTLSStream(tls, synthesized + secure.take_buffer())
+    return UpstreamTLSStream(tls, synthesized + secure.parser.take_rest())
 
 
 async def _handshake(tls: trio.SSLStream[_S], telemetry: Telemetry) -> None:
@@ -245,38 +263,23 @@ async def _handshake(tls: trio.SSLStream[_S], telemetry: Telemetry) -> None:
     telemetry.tls_handshake("upstream", "ok")
 
 
-async def _command(lines: _Lines, tag: bytes, command: bytes, what: str) -> bytes:
+async def _command(lines: _Negotiation, tag: bytes, command: bytes, what: str) -> list[bytes]:
     """Send ``tag command``; once it is answered OK, return the capabilities seen."""
     await lines.send(tag + b" " + command + b"\r\n")
-    caps = b""
+    caps: list[bytes] | None = None
     while True:
-        line = await lines.line()
-        if line[:2] == b"* ":
-            status = _status(line[2:])[0]
-            if status == b"CAPABILITY":
-                caps = line[2 + len(b"CAPABILITY ") :].rstrip(b"\r\n")
-            elif status == b"BYE":
+        head, line = await lines.response()
+        if head.kind is ResponseKind.UNTAGGED:
+            if head.word == "CAPABILITY":
+                caps = capability_words(line)
+            elif head.word == "BYE":
                 raise UpstreamTLSError(f"upstream said BYE during {what}: {_show(line)}")
             continue
-        if not line.startswith(tag + b" "):
+        if head.kind is not ResponseKind.TAGGED or head.tag != tag:
             raise UpstreamTLSError(f"unexpected answer to {what}: {_show(line)}")
-        status, code, _ = _status(line[len(tag) + 1 :])
-        if status != b"OK":
+        if head.word != "OK":
             raise UpstreamTLSError(f"upstream refused {what}: {_show(line)}")
-        if code[:11].upper() == b"CAPABILITY ":
-            caps = caps or code[11:]
-        return caps
-
-
-def _status(rest: bytes) -> tuple[bytes, bytes, bytes]:
-    """``OK [CODE args] text`` -> (b"OK", b"CODE args", b"text"); the word upper-cased."""
-    word, _, rest = rest.rstrip(b"\r\n").partition(b" ")
-    code = b""
-    if rest.startswith(b"["):
-        end = rest.find(b"]")
-        if end > 0:
-            code, rest = rest[1:end], rest[end + 1 :].lstrip(b" ")
-    return word.upper(), code, rest
+        return caps or capability_words(line) or []
 
 
 def _printable(text: bytes) -> bytes:
@@ -297,21 +300,14 @@ def _reason(exc: BaseException) -> str:
     return str(cause or exc) or type(exc).__name__
 
 
-class _Lines:
-    """Line reader for the short negotiation; keeps what it read past the last line."""
+class _Negotiation:
+    """The proxy's own short exchange with the upstream, framed by the project's
+    ``ServerParser`` (literals included), which also keeps what arrived past the last
+    response: the injection check and the hand-over to the session use it."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._buf = bytearray()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def take_buffer(self) -> bytes:
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
+        self.parser = ServerParser(MAX_NEGOTIATION_LINE)
 
     async def send(self, data: bytes) -> None:
         try:
@@ -319,20 +315,36 @@ class _Lines:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise UpstreamTLSError(f"upstream connection lost during STARTTLS: {exc}") from exc
 
-    async def line(self) -> bytes:
-        while (end := self._buf.find(b"\n")) < 0:
-            if len(self._buf) > MAX_NEGOTIATION_LINE:
-                raise UpstreamTLSError("upstream sent an over-long line during STARTTLS")
+    async def response(self) -> tuple[Response, bytes]:
+        """The next whole response: its first line's event, and all its bytes."""
+        head: Response | None = None
+        parts: list[bytes] = []
+        for _ in range(1_000_000):
             try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError as exc:
-                raise UpstreamTLSError(f"upstream connection lost during STARTTLS: {exc}") from exc
-            if not data:
+                ev = self.parser.next_event()
+            except ProtocolError as exc:
+                raise UpstreamTLSError(f"upstream broke IMAP framing: {exc.reason}") from exc
+            if ev is NEED_DATA:
+                await self._receive()
+            elif ev is CLOSED:
                 raise UpstreamTLSError("upstream closed the connection during STARTTLS")
-            self._buf += data
-        line = bytes(self._buf[: end + 1])
-        del self._buf[: end + 1]
-        return line
+            elif isinstance(ev, LiteralData):
+                parts.append(ev.data)
+            elif isinstance(ev, Response | ResponsePart):
+                head = ev if isinstance(ev, Response) and head is None else head
+                parts.append(ev.raw)
+                if ev.literal is None and not ev.partial and head is not None:
+                    return head, b"".join(parts)
+            if sum(map(len, parts)) > MAX_NEGOTIATION_LINE:  # the parser streams long lines
+                raise UpstreamTLSError("upstream sent an over-long line during STARTTLS")
+        raise UpstreamTLSError("upstream response without end during STARTTLS")
+
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive_some(65536)
+        except trio.BrokenResourceError as exc:
+            raise UpstreamTLSError(f"upstream connection lost during STARTTLS: {exc}") from exc
+        self.parser.receive_data(data)  # b"": end of stream, reported as CLOSED
 
 
 class UpstreamTLSStream(trio.abc.Stream):

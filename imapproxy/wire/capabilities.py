@@ -73,11 +73,17 @@ def shared_filter(hide: frozenset[bytes], add: tuple[bytes, ...]) -> CapabilityF
     return CapabilityFilter(hide, add)
 
 
-def capabilities_in(line: bytes) -> list[bytes] | None:
-    """The capability words a line announces (untagged or in a code), upper case."""
+def capability_words(line: bytes) -> list[bytes] | None:
+    """The capability words a line announces (untagged or in a code), as sent."""
     m = _UNTAGGED.match(line)
     words = m.group(2) if m is not None else None
     if words is None:
         c = _CODE.search(line)
         words = c.group(1) if c is not None else None
-    return None if words is None else [w.upper() for w in words.split(b" ") if w]
+    return None if words is None else [w for w in words.split(b" ") if w]
+
+
+def capabilities_in(line: bytes) -> list[bytes] | None:
+    """The capability words a line announces, upper case."""
+    words = capability_words(line)
+    return None if words is None else [w.upper() for w in words]

@@ -62,6 +62,10 @@ class ServerParser:
     def buffered(self) -> int:
         return self._framer.buffered
 
+    def take_rest(self) -> bytes:
+        """Every byte received and not yet parsed (handed on when another reader takes over)."""
+        return self._framer.take_rest()
+
     def start_tls(self) -> None:
         """The proxy's STARTTLS to the server succeeded; nothing may have been sent after the
         tagged OK in plain text (that would be injected into the TLS session)."""
