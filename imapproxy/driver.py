@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import trio
@@ -51,7 +51,6 @@ class SessionContext:
     connect_timeout: float = 10.0
     idle_timeout: float = 1860.0  # IDLE clients re-issue IDLE every <= 29 minutes
     start_client_tls: ClientTLSStarter | None = None
-    extra_log: dict[str, object] = field(default_factory=dict)
 
 
 class _SessionOver(Exception):

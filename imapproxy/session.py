@@ -180,9 +180,6 @@ class Session:
         self._drain_client()
         return self._take()
 
-    def pending_commands(self) -> int:
-        return len(self._pending)
-
     def abandon(self) -> list[CommandDone]:
         """Commands still in flight when the session ends, as observations."""
         now = self._clock()

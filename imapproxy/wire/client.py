@@ -155,10 +155,6 @@ class ClientParser:
         """The tag whose server answer the parser waits for, when paused."""
         return self._tag if self.paused else None
 
-    @property
-    def in_literal(self) -> bool:
-        return self._state is _State.LITERAL
-
     # -- answers from the other direction -------------------------------------------
     @property
     def silent_continuation(self) -> bool:
