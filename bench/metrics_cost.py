@@ -14,7 +14,7 @@ import timeit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from imapproxy.metrics import COMMAND_BUCKETS, Metrics
+from imapproxy.telemetry.metrics import COMMAND_BUCKETS, Metrics
 
 
 def main() -> None:

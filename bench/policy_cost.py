@@ -19,9 +19,9 @@ import timeit
 
 import yaml
 
+from imapproxy.config.rulefile import parse_rules
+from imapproxy.config.yamlsource import YNode
 from imapproxy.policy import Policy, SessionFacts
-from imapproxy.policy.rulefile import parse_rules
-from imapproxy.yamlsource import YNode
 
 COMMANDS = ["DELETE", "EXPUNGE", "STORE", "APPEND", "RENAME", "CREATE", "SETACL", "MOVE"]
 

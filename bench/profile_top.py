@@ -71,7 +71,7 @@ def pstats_report(path: Path, top: int, per: float | None) -> str:
             (
                 float(v[1])
                 for k, v in stats.items()
-                if k[2] == "_on_command" and k[0].endswith("imapproxy/session.py")
+                if k[2] == "_on_command" and k[0].endswith("imapproxy/session/core.py")
             ),
             None,
         )

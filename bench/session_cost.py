@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rawimap import Conn
 from targets import PASSWORD, SEARCH_WORD, USER, Lab
 
-from imapproxy.session import Session, SessionSettings
+from imapproxy.session.core import Session, SessionSettings
 
 
 class RecordingConn(Conn):

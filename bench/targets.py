@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rawimap import open_session
 
-from imapproxy.dovecot import Dovecot
+from imapproxy.demo.dovecot import Dovecot
 
 USER = "bench"
 PASSWORD = "bench-pass"

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import trustme
 
-from imapproxy.dovecot import Dovecot, TLSFiles
+from imapproxy.demo.dovecot import Dovecot, TLSFiles
 
 USER, PASSWORD = "bench", "bench-pass"
 BULK_SIZE = 10 * 1024 * 1024

@@ -13,14 +13,25 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import __version__, logs
-from .config import Address, Config, ConfigError, MetricsConfig, Upstream, check_config, load_config
-from .listener import Proxy, reloader
-from .logs import log_event
-from .telemetry import Telemetry
+from imapproxy import __version__
+from imapproxy.config.loader import (
+    Address,
+    Config,
+    ConfigError,
+    MetricsConfig,
+    Upstream,
+    check_config,
+    load_config,
+)
+from imapproxy.server.listener import Proxy, reloader
+from imapproxy.telemetry import logs
+from imapproxy.telemetry.logs import log_event
+from imapproxy.telemetry.recorder import Telemetry
 
 if TYPE_CHECKING:
-    from .metrics import Metrics  # the only module that imports prometheus_client
+    from imapproxy.telemetry.metrics import (
+        Metrics,  # the only module that imports prometheus_client
+    )
 
 log = logging.getLogger("imapproxy")
 
@@ -126,7 +137,7 @@ def serve(
 def _start_metrics(cfg: Config) -> Metrics | None:
     if cfg.metrics.address is None:
         return None
-    from .metrics import Metrics
+    from imapproxy.telemetry.metrics import Metrics
 
     metrics = Metrics()
     metrics.serve(cfg.metrics.address.host, cfg.metrics.address.port)
@@ -156,7 +167,7 @@ def demo(argv: Sequence[str]) -> int:
         "--config", type=Path, help="rules and settings to apply (upstream is the demo's)"
     )
     args = p.parse_args(argv)
-    from .demo import demo_banner, start_demo_upstream  # demo mode only
+    from imapproxy.demo.banner import demo_banner, start_demo_upstream  # demo mode only
 
     try:
         base = load_config(args.config) if args.config else Config()

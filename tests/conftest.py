@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from imapproxy.dovecot import Dovecot, dovecot_binary
+from imapproxy.demo.dovecot import Dovecot, dovecot_binary
 from tests.helpers import ImapAccount, make_message
 
 IMAP_PASSWORD = "pw-secret-123"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imapproxy.config import (
+from imapproxy.config.loader import (
     Address,
     ClientTLS,
     Config,

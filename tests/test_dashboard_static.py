@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from imapproxy.metrics import Metrics
+from imapproxy.telemetry.metrics import Metrics
 
 GRAFANA = Path(__file__).resolve().parent.parent / "grafana"
 DASHBOARD = GRAFANA / "imapproxy-dashboard.json"

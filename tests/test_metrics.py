@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from imapproxy import __version__
-from imapproxy.metrics import (
+from imapproxy.telemetry.metrics import (
     COMMAND_BUCKETS,
     DIRECTIONS,
     UPSTREAM_ERROR_REASONS,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imapproxy.config import load_config
+from imapproxy.config.loader import load_config
 from imapproxy.policy import Policy, SessionFacts, Verdict
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imapproxy.sasl import login_user, sasl_user
+from imapproxy.wire.sasl import login_user, sasl_user
 from imapproxy.wire.tokens import encode_astring
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from imapproxy import sdnotify
+from imapproxy.server import sdnotify
 
 
 def _receiver(address: str) -> socket.socket:
@@ -104,7 +104,7 @@ def test_unreachable_or_unsupported_socket_returns_false(monkeypatch: pytest.Mon
 ROOT = Path(__file__).resolve().parent.parent
 
 needs_proxy = pytest.mark.skipif(
-    importlib.util.find_spec("imapproxy.listener") is None, reason="proxy not written yet"
+    importlib.util.find_spec("imapproxy.server.listener") is None, reason="proxy not written yet"
 )
 
 

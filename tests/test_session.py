@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from imapproxy.actions import (
+from imapproxy.session.core import MAX_CONSECUTIVE_BAD, Session, SessionSettings
+from imapproxy.session.output import (
     CommandBlocked,
     CommandDone,
     LoginDone,
@@ -22,7 +23,6 @@ from imapproxy.actions import (
     ProtocolIssue,
     RuleHit,
 )
-from imapproxy.session import MAX_CONSECUTIVE_BAD, Session, SessionSettings
 
 PASSWORD = b"s3cr3t-Pa55"
 PLAIN = base64.b64encode(b"\x00bob\x00" + PASSWORD)

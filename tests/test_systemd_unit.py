@@ -147,7 +147,7 @@ _MDWE_CHILD = textwrap.dedent(
     """
     import functools, mmap, ssl, urllib.request
     import trio, trustme, yaml
-    from imapproxy.metrics import Metrics
+    from imapproxy.telemetry.metrics import Metrics
 
     try:
         mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)

@@ -14,10 +14,9 @@ import trio
 import trio.testing
 import trustme
 
-from imapproxy.config import Address, Upstream
-from imapproxy.driver import UpstreamTLSError, tls_details
-from imapproxy.telemetry import Telemetry
-from imapproxy.tls import (
+from imapproxy.config.loader import Address, Upstream
+from imapproxy.net.streams import UpstreamTLSError, tls_details
+from imapproxy.net.tls import (
     HANDSHAKE_TIMEOUT,
     TLSSetupError,
     accept_handshake,
@@ -26,6 +25,7 @@ from imapproxy.tls import (
     starttls_upstream,
     upstream_context,
 )
+from imapproxy.telemetry.recorder import Telemetry
 
 
 class Recorder(Telemetry):

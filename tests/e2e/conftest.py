@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from imapproxy.config import Address, Config, MetricsConfig, Upstream
-from imapproxy.dovecot import Dovecot
-from imapproxy.listener import Proxy
-from imapproxy.telemetry import Telemetry
+from imapproxy.config.loader import Address, Config, MetricsConfig, Upstream
+from imapproxy.demo.dovecot import Dovecot
+from imapproxy.server.listener import Proxy
+from imapproxy.telemetry.recorder import Telemetry
 
 _accounts = itertools.count(1)
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 import trio
 
-from imapproxy.dovecot import Dovecot
+from imapproxy.demo.dovecot import Dovecot
 
 from .conftest import RunningProxy, new_account
 from .rawimap import RawIMAP

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imapproxy.dovecot import Dovecot
+from imapproxy.demo.dovecot import Dovecot
 
 from .conftest import new_account
 from .rawimap import RawIMAP

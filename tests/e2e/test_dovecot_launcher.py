@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from imapproxy.demo import DEMO_PASSWORD, DEMO_USER, demo_banner, start_demo_upstream
-from imapproxy.dovecot import Dovecot, TLSFiles
+from imapproxy.demo.banner import DEMO_PASSWORD, DEMO_USER, demo_banner, start_demo_upstream
+from imapproxy.demo.dovecot import Dovecot, TLSFiles
 from tests.conftest import SeedMessage
 from tests.helpers import ImapAccount, make_message
 

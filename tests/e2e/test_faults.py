@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from imapproxy.config import Address, Config, Limits, Upstream
-from imapproxy.dovecot import Dovecot
-from imapproxy.telemetry import Telemetry
-from imapproxy.upstream import make_upstream_connector
+from imapproxy.config.loader import Address, Config, Limits, Upstream
+from imapproxy.demo.dovecot import Dovecot
+from imapproxy.net.upstream import make_upstream_connector
+from imapproxy.telemetry.recorder import Telemetry
 
 from .conftest import ProxyFactory, RunningProxy, new_account
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from imapproxy.config import Address, Config, Upstream, load_config
-from imapproxy.dovecot import Dovecot
-from imapproxy.metrics import Metrics
-from imapproxy.telemetry import Telemetry
+from imapproxy.config.loader import Address, Config, Upstream, load_config
+from imapproxy.demo.dovecot import Dovecot
+from imapproxy.telemetry.metrics import Metrics
+from imapproxy.telemetry.recorder import Telemetry
 from tests.prometheus import PrometheusServer, prometheus_binary
 
 from .conftest import Account, ProxyFactory, new_account

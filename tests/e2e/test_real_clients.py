@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from imapproxy.dovecot import Dovecot
+from imapproxy.demo.dovecot import Dovecot
 from tests.helpers import make_message
 
 from .conftest import Account, RunningProxy, new_account

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from imapproxy.config import Config, load_config
-from imapproxy.dovecot import Dovecot
+from imapproxy.config.loader import Config, load_config
+from imapproxy.demo.dovecot import Dovecot
 
 from .conftest import Account, ProxyFactory, RunningProxy, new_account
 from .rawimap import RawIMAP

@@ -19,11 +19,11 @@ from typing import Literal
 import pytest
 import trio
 
-from imapproxy.config import Address, ClientTLS, Config, MetricsConfig, TLSListen, Upstream
-from imapproxy.dovecot import Dovecot
-from imapproxy.listener import Proxy
-from imapproxy.metrics import Metrics
-from imapproxy.telemetry import Telemetry
+from imapproxy.config.loader import Address, ClientTLS, Config, MetricsConfig, TLSListen, Upstream
+from imapproxy.demo.dovecot import Dovecot
+from imapproxy.server.listener import Proxy
+from imapproxy.telemetry.metrics import Metrics
+from imapproxy.telemetry.recorder import Telemetry
 from tests.helpers import make_message
 
 from .conftest import Account, ProxyFactory, RunningProxy, new_account

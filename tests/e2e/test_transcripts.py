@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from imapproxy.dovecot import Dovecot
+from imapproxy.demo.dovecot import Dovecot
 
 from .conftest import Account, RunningProxy, new_account
 from .rawimap import RawIMAP, normalise

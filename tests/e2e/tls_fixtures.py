@@ -19,7 +19,7 @@ import pytest
 import trio
 import trustme
 
-from imapproxy.dovecot import Dovecot, TLSFiles
+from imapproxy.demo.dovecot import Dovecot, TLSFiles
 
 # Names on the test certificate: Dovecot's require_tls instance listens on 127.0.0.2.
 CERT_NAMES = ("localhost", "imap.test", "127.0.0.1", "127.0.0.2")

@@ -9,11 +9,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imapproxy.config.rulefile import parse_rules
+from imapproxy.config.yamlsource import YNode
 from imapproxy.policy import Policy, Rule, SessionFacts, Verdict
 from imapproxy.policy.mailboxes import encode_mutf7
-from imapproxy.policy.rulefile import parse_rules
 from imapproxy.wire.tokens import TokenKind, parse_command, tokenize
-from imapproxy.yamlsource import YNode
 
 
 def compile_rules(text: str) -> Policy:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imapproxy.actions import Note, Output
-from imapproxy.session import Session, SessionSettings
+from imapproxy.session.core import Session, SessionSettings
+from imapproxy.session.output import Note, Output
 from imapproxy.wire import CLOSED, NEED_DATA, PAUSED, ClientParser, ProtocolError, ServerParser
 
 from .streams import (

@@ -12,7 +12,7 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from pathlib import Path
 
-from imapproxy.dovecot import Dovecot
+from imapproxy.demo.dovecot import Dovecot
 
 __all__ = ["DEMO_PASSWORD", "DEMO_USER", "demo_banner", "demo_messages", "start_demo_upstream"]
 

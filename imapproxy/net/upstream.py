@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .driver import UpstreamConnector
-from .tls import tls_upstream_connector
+from imapproxy.net.streams import UpstreamConnector
+from imapproxy.net.tls import tls_upstream_connector
 
 if TYPE_CHECKING:
-    from .config import Upstream
-    from .telemetry import Telemetry
+    from imapproxy.config.loader import Upstream
+    from imapproxy.telemetry.recorder import Telemetry
 
 
 def make_upstream_connector(upstream: Upstream, telemetry: Telemetry) -> UpstreamConnector:

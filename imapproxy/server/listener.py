@@ -19,14 +19,9 @@ from pathlib import Path
 
 import trio
 
-from . import logs, sdnotify
-from .config import Config, ConfigError, load_config
-from .driver import CONNECTION_ERRORS, SessionContext, SessionDriver, UpstreamConnector
-from .logs import log_event
-from .policy import Policy, SessionFacts
-from .session_settings import SessionSettings
-from .telemetry import Telemetry
-from .tls import (
+from imapproxy.config.loader import Config, ConfigError, load_config
+from imapproxy.net.streams import CONNECTION_ERRORS, UpstreamConnector
+from imapproxy.net.tls import (
     ClientSideTLS,
     TLSListener,
     TLSSetupError,
@@ -34,7 +29,14 @@ from .tls import (
     client_side_tls,
     tls_listeners,
 )
-from .upstream import make_upstream_connector
+from imapproxy.net.upstream import make_upstream_connector
+from imapproxy.policy import Policy, SessionFacts
+from imapproxy.server import sdnotify
+from imapproxy.server.driver import SessionContext, SessionDriver
+from imapproxy.session.settings import SessionSettings
+from imapproxy.telemetry import logs
+from imapproxy.telemetry.logs import log_event
+from imapproxy.telemetry.recorder import Telemetry
 
 log = logging.getLogger("imapproxy")
 

@@ -21,9 +21,9 @@ from typing import Literal, cast
 
 from yaml.nodes import ScalarNode
 
+from imapproxy.config.rulefile import parse_rules, parse_rules_document
+from imapproxy.config.yamlsource import ConfigError, Mapping, YNode, load_yaml
 from imapproxy.policy.model import Rule
-from imapproxy.policy.rulefile import parse_rules, parse_rules_document
-from imapproxy.yamlsource import ConfigError, Mapping, YNode, load_yaml
 
 __all__ = [
     "Address",

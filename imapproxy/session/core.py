@@ -41,7 +41,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .actions import (
+from imapproxy.policy.mailboxes import decode_mailbox
+from imapproxy.session.output import (
     CommandBlocked,
     CommandDone,
     LoginDone,
@@ -50,10 +51,8 @@ from .actions import (
     ResponseLogged,
     RuleHit,
 )
-from .policy.mailboxes import decode_mailbox
-from .sasl import login_user, sasl_user
-from .session_settings import PolicyLike, SessionSettings, VerdictLike
-from .wire import (
+from imapproxy.session.settings import PolicyLike, SessionSettings, VerdictLike
+from imapproxy.wire import (
     CLOSED,
     NEED_DATA,
     PAUSED,
@@ -71,10 +70,11 @@ from .wire import (
     SaslResponse,
     ServerParser,
 )
-from .wire.capabilities import CapabilityFilter, shared_filter
-from .wire.framing import literal_at_end
-from .wire.literals import TRAILING_LITERAL, as_sync, split_at_literals
-from .wire.tokens import TokenError, parse_command
+from imapproxy.wire.capabilities import CapabilityFilter, shared_filter
+from imapproxy.wire.framing import literal_at_end
+from imapproxy.wire.literals import TRAILING_LITERAL, as_sync, split_at_literals
+from imapproxy.wire.sasl import login_user, sasl_user
+from imapproxy.wire.tokens import TokenError, parse_command
 
 __all__ = ["MAX_CONSECUTIVE_BAD", "Session", "SessionSettings"]
 

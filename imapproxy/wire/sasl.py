@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from .wire.tokens import TokenError, parse_command
+from imapproxy.wire.tokens import TokenError, parse_command
 
 # Mechanisms whose first client response names the user.
 SASL_MECHANISMS = frozenset({"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"})

@@ -20,11 +20,11 @@ from typing import cast
 
 from yaml.nodes import MappingNode
 
+from imapproxy.config.yamlsource import ConfigError, YNode, closest
 from imapproxy.policy.engine import LIST_COMMANDS, MAILBOX_ARGS, SELECTED_COMMANDS
 from imapproxy.policy.matchers import glob_error
 from imapproxy.policy.model import ACTIONS, Action, Detail, Direction, Network, Rule, When
 from imapproxy.wire.commands import KNOWN_COMMANDS, is_known_command, normalise_command_name
-from imapproxy.yamlsource import ConfigError, YNode, closest
 
 __all__ = ["parse_rules", "parse_rules_document"]
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from .driver import ClientTLSStarter, UpstreamConnector, UpstreamTLSError
-from .logs import log_event
-from .wire import (
+from imapproxy.net.streams import ClientTLSStarter, UpstreamConnector, UpstreamTLSError
+from imapproxy.telemetry.logs import log_event
+from imapproxy.wire import (
     CLOSED,
     NEED_DATA,
     LiteralData,
@@ -36,11 +36,11 @@ from .wire import (
     ResponsePart,
     ServerParser,
 )
-from .wire.capabilities import capability_words
+from imapproxy.wire.capabilities import capability_words
 
 if TYPE_CHECKING:
-    from .config import ClientTLS, TLSListen, Upstream
-    from .telemetry import Telemetry
+    from imapproxy.config.loader import ClientTLS, TLSListen, Upstream
+    from imapproxy.telemetry.recorder import Telemetry
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",

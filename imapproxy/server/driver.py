@@ -15,29 +15,36 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import trio
 
-from .actions import CommandBlocked, CommandDone, LoginDone, Output, ProtocolIssue, RuleHit
-from .fastio import Receiver, Sender
-from .logs import log_event
-from .session import Session
-from .session_settings import SessionSettings
-from .telemetry import Telemetry
+from imapproxy.net.fastio import Receiver, Sender
+from imapproxy.net.streams import (
+    CONNECTION_ERRORS,
+    ClientTLSStarter,
+    UpstreamConnector,
+    UpstreamTLSError,
+    tls_details,
+)
+from imapproxy.session.core import Session
+from imapproxy.session.output import (
+    CommandBlocked,
+    CommandDone,
+    LoginDone,
+    Output,
+    ProtocolIssue,
+    RuleHit,
+)
+from imapproxy.session.settings import SessionSettings
+from imapproxy.telemetry.logs import log_event
+from imapproxy.telemetry.recorder import Telemetry
 
 log = logging.getLogger("imapproxy.session")
 
 RECEIVE_SIZE = 256 * 1024
 _session_ids = itertools.count(1)
-
-# Errors that mean "this connection is gone", not "the proxy has a bug".
-CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-UpstreamConnector = Callable[[], Awaitable[trio.abc.Stream]]
-ClientTLSStarter = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
 
 
 @dataclass
@@ -326,19 +333,3 @@ class SessionDriver:
         self._to_client.replace(self.client)
         self._from_client.replace(self.client)
         self._tls_info.update(tls_details(self.client))
-
-
-class UpstreamTLSError(Exception):
-    """The upstream leg could not be secured (no STARTTLS offered, handshake failed)."""
-
-
-def tls_details(stream: trio.abc.Stream, prefix: str = "") -> dict[str, object]:
-    """Log fields for a TLS leg; an upstream STARTTLS stream wraps its SSLStream."""
-    stream = getattr(stream, "ssl_stream", stream)
-    if isinstance(stream, trio.SSLStream):
-        cipher = stream.cipher()
-        return {
-            f"{prefix}tls_version": stream.version(),
-            f"{prefix}tls_cipher": cipher[0] if cipher else None,
-        }
-    return {}

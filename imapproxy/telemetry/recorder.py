@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .actions import CommandBlocked, CommandDone, LoginDone, RuleHit
+from imapproxy.session.output import CommandBlocked, CommandDone, LoginDone, RuleHit
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from imapproxy.telemetry.metrics import Metrics
 
 
 class Telemetry:

@@ -1,0 +1,1 @@
+"""config layer: see the README's design notes."""

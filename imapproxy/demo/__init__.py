@@ -1,0 +1,1 @@
+"""demo layer: see the README's design notes."""

@@ -1,0 +1,1 @@
+"""net layer: see the README's design notes."""

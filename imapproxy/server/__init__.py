@@ -1,0 +1,1 @@
+"""server layer: see the README's design notes."""

@@ -1,0 +1,1 @@
+"""telemetry layer: see the README's design notes."""
