@@ -101,7 +101,7 @@ def test_unreachable_or_unsupported_socket_returns_false(monkeypatch: pytest.Mon
 
 # --- the real process: what systemd sees from `Type=notify` ---------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 needs_proxy = pytest.mark.skipif(
     importlib.util.find_spec("imapproxy.server.listener") is None, reason="proxy not written yet"

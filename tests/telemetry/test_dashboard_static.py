@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from imapproxy.telemetry.metrics import Metrics
 
-GRAFANA = Path(__file__).resolve().parent.parent / "grafana"
+GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
 DASHBOARD = GRAFANA / "imapproxy-dashboard.json"
 METRIC_NAME = re.compile(r"imapproxy_[a-z_]+")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

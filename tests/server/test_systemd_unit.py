@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "imapproxy.service"
 EXAMPLE_CONFIG = ROOT / "systemd" / "imapproxy.yaml"
 EXEC_START = "/usr/local/bin/imapproxy"

@@ -12,7 +12,7 @@ import pytest
 from imapproxy.config.loader import load_config
 from imapproxy.policy import Policy, SessionFacts, Verdict
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 EXAMPLES = sorted(p.name for p in RULES_DIR.glob("*.yaml"))
 
 
