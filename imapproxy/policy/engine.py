@@ -37,6 +37,13 @@ from typing import ClassVar
 from imapproxy.policy.mailboxes import MailboxMap, Mapped, decode_mailbox, decode_mutf7
 from imapproxy.policy.matchers import IPAddress, Matcher
 from imapproxy.policy.model import Rule
+from imapproxy.policy.trees import (
+    CONFLICT_MESSAGE,
+    TREE_COMMANDS,
+    MappedRoot,
+    mapping_conflict,
+    tree_scope,
+)
 from imapproxy.wire.commands import KNOWN_COMMANDS
 from imapproxy.wire.tokens import (
     ParsedCommand,
@@ -175,22 +182,31 @@ class _Candidates:
         self.cache: dict[tuple[object, ...], Verdict] = {}
 
     def verdict(
-        self, client: IPAddress, user: str | None, mailboxes: tuple[str, ...] | None
+        self,
+        client: IPAddress,
+        user: str | None,
+        mailboxes: tuple[str, ...] | None,
+        trees: tuple[str, ...] = (),
     ) -> Verdict:
         key = (
             client if self.needs_client else None,
             user if self.needs_user else None,
             mailboxes,
+            trees,
         )
         verdict = self.cache.get(key)
         if verdict is None:
             if len(self.cache) >= _CACHE_LIMIT:
                 self.cache.clear()
-            verdict = self.cache[key] = self._match(client, user, mailboxes)
+            verdict = self.cache[key] = self._match(client, user, mailboxes, trees)
         return verdict
 
     def _match(
-        self, client: IPAddress, user: str | None, mailboxes: tuple[str, ...] | None
+        self,
+        client: IPAddress,
+        user: str | None,
+        mailboxes: tuple[str, ...] | None,
+        trees: tuple[str, ...],
     ) -> Verdict:
         block: tuple[str, str] | None = None
         detail: str | None = None
@@ -200,7 +216,7 @@ class _Candidates:
             rule = matcher.rule
             if rule.action == "block" and block is not None:
                 continue  # the first matching block rule decides
-            if not matcher.matches(client, user, mailboxes):
+            if not matcher.matches(client, user, mailboxes, trees):
                 continue
             matched.append((rule.name, rule.action))
             if rule.action == "block":
@@ -233,6 +249,7 @@ class Policy:
         }
         rewrites = [r for r in rules if r.action == "rewrite_mailbox"]
         self._map = MailboxMap([(r.name, r.from_ or "", r.to or "") for r in rewrites])
+        self._roots = tuple(MappedRoot(r.name, r.from_ or "", r.to or "") for r in rewrites)
         self._needs_arguments = frozenset(
             name
             for name, cands in self._by_command.items()
@@ -287,12 +304,17 @@ class Policy:
             elif user is None and cands.strict_user:
                 return _unparsable(cands, "user")
         mailboxes: tuple[str, ...] | None = None
+        trees: tuple[str, ...] = ()
         if cands.needs_mailbox:
             mailboxes, ok = self._involved_mailboxes(facts, command, args)
             if not ok and cands.strict_mailbox:
                 return _unparsable(cands, "mailbox")
+            if ok and command in TREE_COMMANDS and args is not None:
+                # RENAME/DELETE act on everything under their names (see trees)
+                extra, trees = tree_scope(*self._tree_names(command, args, facts.utf8))
+                mailboxes += extra
 
-        verdict = cands.verdict(facts.client_ip, user, mailboxes)
+        verdict = cands.verdict(facts.client_ip, user, mailboxes, trees)
         if not rewrite or verdict.block is not None:
             return verdict
         block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
@@ -318,6 +340,20 @@ class Policy:
                 for token in tokens:
                     names.append(decode_mailbox(token.value, facts.utf8, delimiter))
         return tuple(names), ok
+
+    def _tree_names(
+        self, command: str, args: ParsedCommand, utf8: bool
+    ) -> tuple[list[str], list[str], tuple[MappedRoot, ...], str | None]:
+        """(client names, their upstream names, mapped roots, delimiter) for trees."""
+        delimiter = self.delimiter
+        text_delimiter = delimiter.decode("utf-8", "replace") if delimiter else None
+        clients: list[str] = []
+        upstreams: list[str] = []
+        for token in _mailbox_tokens(command, args) or ():
+            clients.append(decode_mailbox(token.value, utf8, delimiter))
+            up = self._map.to_upstream(token.value, delimiter, utf8).wire if self._map else None
+            upstreams.append(decode_mailbox(up, utf8, delimiter) if up else clients[-1])
+        return clients, upstreams, self._roots, text_delimiter
 
     def _rewrite_command(
         self, command: str, raw: bytes, parsed: ParsedCommand | None, utf8: bool
@@ -349,6 +385,10 @@ class Policy:
                 if mapped.rule is not None:
                     edits.append((token, mapped.wire))
                     applied.append(mapped.rule)
+            if command in TREE_COMMANDS:
+                conflict = mapping_conflict(command, *self._tree_names(command, parsed, utf8))
+                if conflict is not None:
+                    return self._refuse(CONFLICT_MESSAGE, conflict.rule)
         if not edits:
             return None, None, ()
         rewritten = _splice(raw, edits, list_pattern=command in LIST_COMMANDS)
