@@ -37,6 +37,7 @@ from typing import ClassVar
 from imapproxy.policy.mailboxes import MailboxMap, Mapped, decode_mailbox, decode_mutf7
 from imapproxy.policy.matchers import IPAddress, Matcher
 from imapproxy.policy.model import Rule
+from imapproxy.policy.texts import StatusTexts
 from imapproxy.policy.trees import (
     CONFLICT_MESSAGE,
     TREE_COMMANDS,
@@ -250,11 +251,16 @@ class Policy:
         rewrites = [r for r in rules if r.action == "rewrite_mailbox"]
         self._map = MailboxMap([(r.name, r.from_ or "", r.to or "") for r in rewrites])
         self._roots = tuple(MappedRoot(r.name, r.from_ or "", r.to or "") for r in rewrites)
+        self._texts = StatusTexts([(r.from_ or "", r.to or "") for r in rewrites])
         self._needs_arguments = frozenset(
             name
             for name, cands in self._by_command.items()
             if cands.needs_args or (self._map and name in REWRITE_COMMANDS)
         )
+        # `* STATUS` responses the client did not ask for by a STATUS command (LIST-STATUS,
+        # NOTIFY) are judged like one: STATUS's block rules decide whether counts show.
+        self._status = self._by_command["STATUS"]
+        self._status_guard = any(m.rule.action == "block" for m in self._status.matchers)
         self._delimiter: bytes | None = None  # learned from the server's LIST responses
         self._delimiter_known = False
 
@@ -404,20 +410,42 @@ class Policy:
     # -- responses ------------------------------------------------------------------------
 
     def rewrites_responses(self) -> bool:
-        return bool(self._map)
+        return bool(self._map) or self._status_guard
 
-    def rewrite_response(self, raw: bytes, utf8: bool = False) -> bytes | None:
+    def rewrite_status_text(self, raw: bytes) -> bytes | None:
+        """A status response (tagged, or untagged OK/NO/BAD/BYE) whose text names upstream
+        paths of mapped folders, with their client names instead; None when unchanged.
+
+        Never hides a response: a status response answers a command. Only the part after
+        the first word (the tag or ``*``) is looked at, so a tag is never changed.
+        """
+        if not self._map:
+            return None
+        space = raw.find(b" ")
+        if space < 0:
+            return None
+        text = self._texts.rewrite(raw[space:], self.delimiter)
+        return None if text is None else raw[:space] + text
+
+    def rewrite_response(
+        self, raw: bytes, facts: SessionFacts | None = None, *, utf8: bool | None = None
+    ) -> bytes | None:
         """Map the mailbox name in one untagged response upstream -> client.
 
         Returns the new response, None when unchanged, or b"" when the response names an
-        upstream mailbox the client must not see (drop it).
+        upstream mailbox the client must not see (drop it). ``facts`` are the session's
+        (``utf8`` defaults to theirs): a ``* STATUS`` for a mailbox whose STATUS command a
+        block rule would refuse under them is dropped too, whoever asked for it (LIST
+        ``RETURN (STATUS)``, NOTIFY). Without facts that check is skipped.
         """
-        if not self._map or not raw.startswith(b"* "):
+        if not raw.startswith(b"* ") or not (self._map or self._status_guard):
             return None
+        if utf8 is None:
+            utf8 = facts.utf8 if facts is not None else False
         space = raw.find(b" ", 2)
         word = raw[2:space].upper() if space > 0 else b""
         if word in _LIST_RESPONSES:
-            return self._rewrite_list_response(raw, space + 1, utf8)
+            return self._rewrite_list_response(raw, space + 1, utf8) if self._map else None
         if word in _NAME_FIRST_RESPONSES:
             try:
                 tokens = tokenize(raw, space + 1)
@@ -425,8 +453,25 @@ class Policy:
                 return None
             if not tokens or tokens[0].kind is TokenKind.LIST:
                 return None
-            return self._apply_down(raw, tokens[0], self.delimiter, utf8)
+            result = self._apply_down(raw, tokens[0], self.delimiter, utf8) if self._map else None
+            if word == b"STATUS" and result != b"" and facts is not None and self._status_guard:
+                shown = result if result is not None else raw
+                if self._status_blocked(facts, shown, utf8):
+                    return b""
+            return result
         return None
+
+    def _status_blocked(self, facts: SessionFacts, response: bytes, utf8: bool) -> bool:
+        """Would a block rule refuse ``STATUS <name>`` for this ``* STATUS <name> (...)``?"""
+        try:
+            tokens = tokenize(response, response.find(b" ", 2) + 1)
+        except TokenError:
+            return True  # fail closed: the counts of an unreadable name stay hidden
+        if not tokens or tokens[0].kind is TokenKind.LIST:
+            return True
+        name = decode_mailbox(tokens[0].value, utf8, self.delimiter)
+        verdict = self._status.verdict(facts.client_ip, facts.user, (name,))
+        return verdict.block is not None
 
     def _rewrite_list_response(self, raw: bytes, pos: int, utf8: bool) -> bytes | None:
         try:
