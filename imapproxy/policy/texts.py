@@ -50,9 +50,8 @@ class StatusTexts:
             else:
                 before = word
             ahead = re.escape(delimiter) + b"|" if delimiter else b""
-            pattern = re.compile(
-                b"(?<![" + before + b"])(" + alternatives + b")(?=" + ahead + b"[^" + word + b"]|\\Z)"
-            )
+            end = b"(?=" + ahead + b"[^" + word + b"]|\\Z)"
+            pattern = re.compile(b"(?<![" + before + b"])(" + alternatives + b")" + end)
             self._patterns[delimiter] = pattern
         return pattern
 

@@ -26,7 +26,7 @@ MAPPING = """
             b"a NO [TRYCREATE] Mailbox doesn't exist: Old/Archive/nope\r\n",
             b"a NO [TRYCREATE] Mailbox doesn't exist: Archive/nope\r\n",
         ),
-        (b"a NO Mailbox doesn't exist: Old/Archive\r\n", b"a NO Mailbox doesn't exist: Archive\r\n"),
+        (b"a NO No such folder: Old/Archive\r\n", b"a NO No such folder: Archive\r\n"),
         (b'a NO "Old/Archive" and "Shared/Team/x"\r\n', b'a NO "Archive" and "Team/x"\r\n'),
         (b"a NO x: Old/Archive/Deep/y\r\n", b"a NO x: Deep/y\r\n"),  # the longest name wins
         (b"* NO Old/Archive is gone\r\n", b"* NO Archive is gone\r\n"),
