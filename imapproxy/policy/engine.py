@@ -6,6 +6,12 @@ Semantics (rules are evaluated in file order; ``when`` keys are AND-ed):
   ``detail`` among them (``full`` beats ``command``) and the union of their directions.
 * ``block``: the *first* matching block rule answers the command (``TAG NO [...] message``);
   later block rules are not consulted. Blocked commands are still logged by matching logs.
+* ``read_only``: ``SELECT`` of a mailbox its ``when`` matches is sent upstream as
+  ``EXAMINE`` (same arguments), so the server itself opens it read-only: no STORE,
+  EXPUNGE, CLOSE-expunge or ``\\Seen`` from ``FETCH BODY[]``, whatever is pipelined behind
+  it. The client gets a usable SELECT answer whose tagged OK carries ``[READ-ONLY]``
+  (RFC 9051 allows that for SELECT). A SELECT whose mailbox cannot be read becomes
+  EXAMINE too (fail closed). Block rules still come first.
 * ``rewrite_mailbox``: all such rules form one mapping table (see ``mailboxes``); for each
   name the longest matching prefix wins. A client name that is the upstream path of a
   mapped folder is refused, an upstream name with no client form is hidden.
@@ -222,11 +228,11 @@ class _Candidates:
             matched.append((rule.name, rule.action))
             if rule.action == "block":
                 block = (rule.name, rule.block_message())
-            else:
+            elif rule.action == "log":
                 detail = "full" if rule.detail == "full" or detail == "full" else "command"
                 direction = rule.when.direction
                 sides |= 1 if direction == "client" else 2 if direction == "server" else 3
-        if block is None and detail is None:
+        if block is None and detail is None and not matched:
             return _PASS
         log_direction = "client" if sides == 1 else "server" if sides == 2 else "both"
         return Verdict(block, None, detail, tuple(matched), log_direction)
@@ -239,7 +245,10 @@ class Policy:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
-        matchers = [Matcher.compile(r) for r in rules if r.action != "rewrite_mailbox"]
+        matchers = [Matcher.compile(r) for r in rules if r.action in ("block", "log")]
+        self._read_only = _Candidates(
+            "SELECT", [Matcher.compile(r) for r in rules if r.action == "read_only"]
+        )
         self._generic = _Candidates(None, [m for m in matchers if not m.rule.when.command])
         self._by_command = {
             name: _Candidates(
@@ -255,7 +264,9 @@ class Policy:
         self._needs_arguments = frozenset(
             name
             for name, cands in self._by_command.items()
-            if cands.needs_args or (self._map and name in REWRITE_COMMANDS)
+            if cands.needs_args
+            or (self._map and name in REWRITE_COMMANDS)
+            or (name == "SELECT" and self._read_only.matchers)
         )
         # `* STATUS` responses the client did not ask for by a STATUS command (LIST-STATUS,
         # NOTIFY) are judged like one: STATUS's block rules decide whether counts show.
@@ -296,10 +307,11 @@ class Policy:
     def decide(self, facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict:
         cands = self._by_command.get(command, self._generic)
         rewrite = bool(self._map) and command in REWRITE_COMMANDS
-        if not cands.matchers and not rewrite:
+        read_only = command == "SELECT" and bool(self._read_only.matchers)
+        if not cands.matchers and not rewrite and not read_only:
             return _PASS
         args: ParsedCommand | None = None
-        if cands.needs_args or rewrite:
+        if cands.needs_args or rewrite or read_only:
             args = _parse(raw, complete)
 
         user = facts.user
@@ -321,13 +333,24 @@ class Policy:
                 mailboxes += extra
 
         verdict = cands.verdict(facts.client_ip, user, mailboxes, trees)
-        if not rewrite or verdict.block is not None:
+        if verdict.block is not None or not (rewrite or read_only):
             return verdict
-        block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
-        if block is None and rewritten is None:
+        matched = verdict.matched
+        rewritten: bytes | None = None
+        if rewrite:
+            block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
+            matched += tuple((name, "rewrite_mailbox") for name in applied)
+            if block is not None:
+                return Verdict(block, None, verdict.log, matched, verdict.log_direction)
+        if read_only:
+            names, ok = self._involved_mailboxes(facts, command, args)
+            hits = self._read_only.verdict(facts.client_ip, user, names if ok else None).matched
+            if hits or not ok:  # an unreadable name is opened read-only too (fail closed)
+                rewritten = _as_examine(rewritten if rewritten is not None else raw)
+                matched += hits or ((self._read_only.matchers[0].rule.name, "read_only"),)
+        if rewritten is None and matched is verdict.matched:
             return verdict
-        matched = verdict.matched + tuple((name, "rewrite_mailbox") for name in applied)
-        return Verdict(block, rewritten, verdict.log, matched, verdict.log_direction)
+        return Verdict(None, rewritten, verdict.log, matched, verdict.log_direction)
 
     def _involved_mailboxes(
         self, facts: SessionFacts, command: str, args: ParsedCommand | None
@@ -503,6 +526,13 @@ class Policy:
 
 
 Policy.EMPTY = Policy(())
+
+
+def _as_examine(raw: bytes) -> bytes:
+    """``tag SELECT args`` as ``tag EXAMINE args`` (the command word is the second one)."""
+    space = raw.find(b" ")
+    assert raw[space + 1 : space + 7].upper() == b"SELECT", raw[:64]
+    return raw[: space + 1] + b"EXAMINE" + raw[space + 7 :]
 
 
 def _login_user(parsed: ParsedCommand | None) -> str | None:
