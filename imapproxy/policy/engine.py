@@ -23,8 +23,24 @@ only involves its destination: it leaves the source unchanged, so "no COPY into 
 does not forbid copying out of it (block SELECT/EXAMINE to keep a mailbox unread).
 LIST/LSUB name patterns, not mailboxes, and are never matched by ``when.mailbox``.
 
+RENAME and DELETE act on a whole tree (see ``trees``): a ``when.mailbox`` glob of a block
+rule also matches when it could match any name under an argument (``Mail/Archive/*``
+blocks ``RENAME Mail X`` and ``DELETE Mail``; DELETE is judged so too, although RFC 9051
+servers keep the children, because some servers delete them), and any mapped folder
+whose upstream path lies under an argument's upstream name (``RENAME Old X`` moves the
+client's ``Archive`` = ``Old/Archive``). With rewrite rules, a RENAME/DELETE whose
+argument is a parent of a mapped folder on either side, and a RENAME of a mapped folder
+itself or onto one, is refused by that rewrite rule, so nothing leaves its mapping;
+renames inside mapped trees and DELETE of a mapped folder stay allowed.
+
 When a rule that blocks or rewrites depends on arguments the engine cannot parse, the
 command is refused rather than forwarded unchecked (fail closed).
+
+Responses: besides mailbox names in LIST/LSUB/STATUS/... (``rewrite_response``), the text
+of tagged and untagged OK/NO/BAD/BYE responses shows client names for upstream paths
+(``rewrite_status_text``, see ``texts``). A ``* STATUS`` for a mailbox whose STATUS
+command a block rule would refuse under the session's facts is dropped, so LIST
+``RETURN (STATUS)`` and NOTIFY never show counts STATUS would not.
 
 Children of a mapped name are found across the server's hierarchy delimiter, learned from
 LIST/LSUB replies passing through ``rewrite_response`` (``LIST "" ""`` or any mapped name);
