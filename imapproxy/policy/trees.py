@@ -45,6 +45,17 @@ def canonical(name: str, delimiter: str | None) -> str:
     return name
 
 
+def normalised(name: str, delimiter: str | None) -> str:
+    """The name a lenient server may make of it: adjacent delimiters collapsed, a trailing
+    one dropped (Dovecot refuses both forms; judging them as the plain name is safe)."""
+    if not delimiter or delimiter not in name:
+        return name
+    doubled = delimiter + delimiter
+    while doubled in name:
+        name = name.replace(doubled, delimiter)
+    return name[: -len(delimiter)] if name.endswith(delimiter) and name != delimiter else name
+
+
 def _strictly_under(name: str, ancestor: str, delimiter: str | None) -> bool:
     return bool(delimiter) and bool(ancestor) and name.startswith(ancestor + str(delimiter))
 
@@ -63,8 +74,10 @@ def tree_scope(
     """
     if not delimiter:
         return (), ()
-    names: list[str] = []
-    prefixes = [name + delimiter for name in clients if name]
+    plain = [normalised(name, delimiter) for name in clients]
+    upstreams = [normalised(name, delimiter) for name in upstreams]
+    names = [name for name, given in zip(plain, clients, strict=True) if name != given]
+    prefixes = [name + delimiter for name in plain if name]
     for root in roots:
         upstream = canonical(root.upstream, delimiter)
         if any(_strictly_under(upstream, up, delimiter) for up in upstreams):
@@ -90,6 +103,8 @@ def mapping_conflict(
     tree (``Archive/2024`` -> ``Archive/2025``) and DELETE of the mapped folder itself stay
     allowed: the client's view and the server's stay consistent.
     """
+    clients = [normalised(name, delimiter) for name in clients]
+    upstreams = [normalised(name, delimiter) for name in upstreams]
     for root in roots:
         root_client = canonical(root.client, delimiter)
         root_upstream = canonical(root.upstream, delimiter)

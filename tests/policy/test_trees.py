@@ -59,6 +59,8 @@ def test_parent_of_a_mapped_protected_tree_is_blocked_by_the_block_rule(raw: byt
         b"a RENAME Archive Elsewhere\r\n",  # a mapped folder would leave its mapping
         b"a RENAME Elsewhere Archive\r\n",  # ...or another folder would become it
         b"a RENAME {7+}\r\nArchive Elsewhere\r\n",
+        b'a RENAME "Old/" Foo\r\n',
+        b'a DELETE "Old//"\r\n',
     ],
 )
 def test_renaming_a_mapped_tree_out_of_its_mapping_is_refused(raw: bytes) -> None:
@@ -103,6 +105,9 @@ def test_unrelated_names_are_not_trees_of_the_mapping(raw: bytes) -> None:
         (b"a RENAME Mail/Archive Foo\r\n", "mail-archive"),  # Mail/Archive/* under it
         (b"a DELETE inbox\r\n", "mail-archive"),  # INBOX/Keep, whatever the case
         (b"a RENAME Inbox/Keep X\r\n", "mail-archive"),
+        (b'a RENAME "Mail/" Foo\r\n', "mail-archive"),  # forms a lenient server may accept
+        (b'a RENAME "Mail//Archive" Foo\r\n', "mail-archive"),
+        (b'a DELETE "Old//"\r\n', None),
         (b"a RENAME Mail/Other Foo\r\n", None),
         (b"a RENAME Mailbox Foo\r\n", None),  # not a parent: "Mailbox/" is no prefix
         (b"a DELETE Mai\r\n", None),
