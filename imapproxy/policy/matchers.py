@@ -118,6 +118,17 @@ def _class_end(glob: str, start: int) -> int:
     return glob.find("]", j)
 
 
+def inbox_glob(glob: str) -> str:
+    """A glob naming INBOX in any case (``inbox``, ``inbox/Keep``) as names are matched:
+    INBOX is case-insensitive and decoded names carry it upper-cased. ``inbox*`` keeps its
+    case (it also names ``inboxes``, which is case-sensitive)."""
+    if glob[:5].upper() == "INBOX" and (
+        len(glob) == 5 or not (glob[5].isalnum() or glob[5] in "*?[")
+    ):
+        return "INBOX" + glob[5:]
+    return glob
+
+
 class NetworkSet:
     """Client CIDRs as integer ranges; IPv4-mapped IPv6 peers (dual-stack listeners) match
     IPv4 networks."""
@@ -160,12 +171,13 @@ class Matcher:
     @classmethod
     def compile(cls, rule: Rule) -> Matcher:
         when = rule.when
+        mailboxes = [inbox_glob(g) for g in when.mailbox]
         return cls(
             rule=rule,
             users=compile_globs(when.user, ignore_case=True),
-            mailboxes=compile_globs(when.mailbox, ignore_case=False),
+            mailboxes=compile_globs(mailboxes, ignore_case=False),
             clients=NetworkSet(when.client) if when.client else None,
-            mailbox_prefixes=tuple(GlobPrefix(g) for g in when.mailbox),
+            mailbox_prefixes=tuple(GlobPrefix(g) for g in mailboxes),
         )
 
     def matches(

@@ -89,3 +89,20 @@ def test_glob_prefix(glob: str, prefix: str, extends: bool) -> None:
     from imapproxy.policy.matchers import GlobPrefix
 
     assert GlobPrefix(glob).extends(prefix) is extends
+
+
+@pytest.mark.parametrize(
+    ("glob", "name", "matches"),
+    [
+        ("inbox", "INBOX", True),
+        ("inbox/Keep", "INBOX/Keep", True),
+        ("Inbox/*", "INBOX/x", True),
+        ("inbox*", "INBOX", False),  # a pattern on the word, case-sensitive as written
+        ("inbox*", "inboxes", True),
+        ("inboxes", "INBOXES", False),
+    ],
+)
+def test_inbox_in_mailbox_globs_matches_in_any_case(glob: str, name: str, matches: bool) -> None:
+    rule = Rule("r", "block", When(mailbox=(glob,)))
+    matcher = Matcher.compile(rule)
+    assert matcher.matches(ipaddress.ip_address("127.0.0.1"), None, (name,)) is matches
