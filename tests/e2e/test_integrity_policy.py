@@ -269,10 +269,12 @@ async def test_status_counts_of_a_blocked_mailbox_never_show(
 async def test_read_only_archive_is_enforced_by_the_server(
     dovecot: Dovecot, proxy_factory: ProxyFactory, tmp_path: Path, bytewise: bool
 ) -> None:
-    running = await proxy_factory(_config(tmp_path, "read-only-archive.yaml"))
+    frozen = "- {name: frozen, action: read_only, when: {mailbox: [inbox/Frozen]}}\n"
+    running = await proxy_factory(_config(tmp_path, "read-only-archive.yaml", extra=frozen))
     a = new_account(dovecot)
     dovecot.deliver(a.name, MESSAGE, folder="Archive")
     dovecot.deliver(a.name, MESSAGE, folder="Archive/2024")
+    dovecot.deliver(a.name, MESSAGE, folder="INBOX/Frozen")
     script = (
         b"s SELECT Archive\r\n"
         b"f FETCH 1 BODY[]\r\n"  # would set \Seen on a read-write selection
@@ -283,24 +285,28 @@ async def test_read_only_archive_is_enforced_by_the_server(
         b"s2 SELECT {12+}\r\nArchive/2024\r\n"
         b"f2 FETCH 1 BODY[TEXT]\r\n"
         b"c2 CLOSE\r\n"
+        b'i SELECT "Inbox/Frozen"\r\n'  # INBOX in any case, quoted
+        b"f3 FETCH 1:* BODY[]\r\n"
+        b"x3 STORE 1 +FLAGS (\\Deleted)\r\n"
+        b"c3 CLOSE\r\n"
     )
 
     def run() -> None:
         with RawIMAP(running.address) as c:
-            transcript = _session(c, a, script, b"c2", bytewise=bytewise)
+            transcript = _session(c, a, script, b"c3", bytewise=bytewise)
         answers = _answers(transcript)
-        for tag in (b"s", b"s2"):  # a SELECT answer the client can use, truthfully marked
+        for tag in (b"s", b"s2", b"i"):  # a SELECT answer the client can use, truthfully marked
             assert answers[tag].startswith(b"OK [READ-ONLY]"), answers
         assert b"* 1 EXISTS" in transcript and b"* FLAGS (" in transcript
         assert MESSAGE in transcript and b"Archived body" in transcript
         # Refused by the block rule, or (pipelined behind the SELECT, judged before its
         # answer came) refused or ignored by the server: either way nothing changes. (An
         # EXPUNGE that got through is "OK" on a read-only mailbox, expunging nothing.)
-        for tag in (b"x", b"u"):
+        for tag in (b"x", b"u", b"x3"):
             answer = answers[tag]
             assert answer.startswith((b"NO", b"BAD")) or b"read-only" in answer, (tag, answer)
         assert answers[b"c"].startswith(b"OK") and answers[b"c2"].startswith(b"OK")
-        for mailbox in (b"Archive", b"Archive/2024"):
+        for mailbox in (b"Archive", b"Archive/2024", b"INBOX/Frozen"):
             exists, flags = _direct_flags(dovecot, a, mailbox)
             assert exists == 1, mailbox
             assert b"\\Seen" not in flags and b"\\Deleted" not in flags, flags
