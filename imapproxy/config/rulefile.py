@@ -3,7 +3,7 @@
 Shape (see rules/*.yaml)::
 
     - name: no-mailbox-deletion      # letters, digits, '-', '_', '.'; unique
-      action: block                  # block | log | rewrite_mailbox
+      action: block                  # block | log | rewrite_mailbox | read_only
       when: {command: [DELETE]}      # optional, keys AND-ed
       message: "Deleting folders is disabled by policy"
 
@@ -34,6 +34,7 @@ _ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "log": ("detail",),
     "block": ("message",),
     "rewrite_mailbox": ("from", "to"),
+    "read_only": (),
 }
 _ALL_KEYS = _COMMON_KEYS + tuple(k for keys in _ACTION_KEYS.values() for k in keys)
 _WHEN_KEYS = ("command", "user", "mailbox", "client", "direction")
@@ -116,6 +117,8 @@ def _parse_rule(node: YNode, what: str) -> Rule:
         return _log_rule(rule, mapping.get("detail"), when_node, what)
     if action == "block":
         return _block_rule(rule, mapping.get("message"), when_node, what)
+    if action == "read_only":
+        return _read_only_rule(rule, when_node, node, what)
     return _rewrite_rule(rule, mapping.get("from"), mapping.get("to"), node, what)
 
 
@@ -146,6 +149,23 @@ def _block_rule(rule: Rule, message_node: YNode | None, when_node: YNode | None,
                 "(it is sent to the client as IMAP response text)"
             )
     return Rule(rule.name, rule.action, rule.when, message=message, location=rule.location)
+
+
+def _read_only_rule(rule: Rule, when_node: YNode | None, node: YNode, what: str) -> Rule:
+    """``read_only`` turns SELECT into EXAMINE: it needs mailboxes, and names no commands."""
+    if when_node is None or not rule.when.mailbox:
+        (when_node or node).fail(
+            f"{what} (action read_only) needs 'when.mailbox': the mailboxes that SELECT "
+            "opens read-only (as EXAMINE)"
+        )
+    when = when_node.as_mapping(f"{what}.when")
+    for key, reason in (
+        ("command", "it always applies to SELECT (sent as EXAMINE); use a block rule for others"),
+        ("direction", "it acts on the client's SELECT"),
+    ):
+        if key in when:
+            when.key_node(key).fail(f"'when.{key}' is not supported on read_only rules: {reason}")
+    return rule
 
 
 def _rewrite_rule(

@@ -6,6 +6,12 @@ Semantics (rules are evaluated in file order; ``when`` keys are AND-ed):
   ``detail`` among them (``full`` beats ``command``) and the union of their directions.
 * ``block``: the *first* matching block rule answers the command (``TAG NO [...] message``);
   later block rules are not consulted. Blocked commands are still logged by matching logs.
+* ``read_only``: ``SELECT`` of a mailbox its ``when`` matches is sent upstream as
+  ``EXAMINE`` (same arguments), so the server itself opens it read-only: no STORE,
+  EXPUNGE, CLOSE-expunge or ``\\Seen`` from ``FETCH BODY[]``, whatever is pipelined behind
+  it. The client gets a usable SELECT answer whose tagged OK carries ``[READ-ONLY]``
+  (RFC 9051 allows that for SELECT). A SELECT whose mailbox cannot be read becomes
+  EXAMINE too (fail closed). Block rules still come first.
 * ``rewrite_mailbox``: all such rules form one mapping table (see ``mailboxes``); for each
   name the longest matching prefix wins. A client name that is the upstream path of a
   mapped folder is refused, an upstream name with no client form is hidden.
@@ -17,8 +23,24 @@ only involves its destination: it leaves the source unchanged, so "no COPY into 
 does not forbid copying out of it (block SELECT/EXAMINE to keep a mailbox unread).
 LIST/LSUB name patterns, not mailboxes, and are never matched by ``when.mailbox``.
 
+RENAME and DELETE act on a whole tree (see ``trees``): a ``when.mailbox`` glob of a block
+rule also matches when it could match any name under an argument (``Mail/Archive/*``
+blocks ``RENAME Mail X`` and ``DELETE Mail``; DELETE is judged so too, although RFC 9051
+servers keep the children, because some servers delete them), and any mapped folder
+whose upstream path lies under an argument's upstream name (``RENAME Old X`` moves the
+client's ``Archive`` = ``Old/Archive``). With rewrite rules, a RENAME/DELETE whose
+argument is a parent of a mapped folder on either side, and a RENAME of a mapped folder
+itself or onto one, is refused by that rewrite rule, so nothing leaves its mapping;
+renames inside mapped trees and DELETE of a mapped folder stay allowed.
+
 When a rule that blocks or rewrites depends on arguments the engine cannot parse, the
 command is refused rather than forwarded unchecked (fail closed).
+
+Responses: besides mailbox names in LIST/LSUB/STATUS/... (``rewrite_response``), the text
+of tagged and untagged OK/NO/BAD/BYE responses shows client names for upstream paths
+(``rewrite_status_text``, see ``texts``). A ``* STATUS`` for a mailbox whose STATUS
+command a block rule would refuse under the session's facts is dropped, so LIST
+``RETURN (STATUS)`` and NOTIFY never show counts STATUS would not.
 
 Children of a mapped name are found across the server's hierarchy delimiter, learned from
 LIST/LSUB replies passing through ``rewrite_response`` (``LIST "" ""`` or any mapped name);
@@ -37,6 +59,14 @@ from typing import ClassVar
 from imapproxy.policy.mailboxes import MailboxMap, Mapped, decode_mailbox, decode_mutf7
 from imapproxy.policy.matchers import IPAddress, Matcher
 from imapproxy.policy.model import Rule
+from imapproxy.policy.texts import StatusTexts
+from imapproxy.policy.trees import (
+    CONFLICT_MESSAGE,
+    TREE_COMMANDS,
+    MappedRoot,
+    mapping_conflict,
+    tree_scope,
+)
 from imapproxy.wire.commands import KNOWN_COMMANDS
 from imapproxy.wire.tokens import (
     ParsedCommand,
@@ -175,22 +205,31 @@ class _Candidates:
         self.cache: dict[tuple[object, ...], Verdict] = {}
 
     def verdict(
-        self, client: IPAddress, user: str | None, mailboxes: tuple[str, ...] | None
+        self,
+        client: IPAddress,
+        user: str | None,
+        mailboxes: tuple[str, ...] | None,
+        trees: tuple[str, ...] = (),
     ) -> Verdict:
         key = (
             client if self.needs_client else None,
             user if self.needs_user else None,
             mailboxes,
+            trees,
         )
         verdict = self.cache.get(key)
         if verdict is None:
             if len(self.cache) >= _CACHE_LIMIT:
                 self.cache.clear()
-            verdict = self.cache[key] = self._match(client, user, mailboxes)
+            verdict = self.cache[key] = self._match(client, user, mailboxes, trees)
         return verdict
 
     def _match(
-        self, client: IPAddress, user: str | None, mailboxes: tuple[str, ...] | None
+        self,
+        client: IPAddress,
+        user: str | None,
+        mailboxes: tuple[str, ...] | None,
+        trees: tuple[str, ...],
     ) -> Verdict:
         block: tuple[str, str] | None = None
         detail: str | None = None
@@ -200,16 +239,16 @@ class _Candidates:
             rule = matcher.rule
             if rule.action == "block" and block is not None:
                 continue  # the first matching block rule decides
-            if not matcher.matches(client, user, mailboxes):
+            if not matcher.matches(client, user, mailboxes, trees):
                 continue
             matched.append((rule.name, rule.action))
             if rule.action == "block":
                 block = (rule.name, rule.block_message())
-            else:
+            elif rule.action == "log":
                 detail = "full" if rule.detail == "full" or detail == "full" else "command"
                 direction = rule.when.direction
                 sides |= 1 if direction == "client" else 2 if direction == "server" else 3
-        if block is None and detail is None:
+        if block is None and detail is None and not matched:
             return _PASS
         log_direction = "client" if sides == 1 else "server" if sides == 2 else "both"
         return Verdict(block, None, detail, tuple(matched), log_direction)
@@ -222,7 +261,10 @@ class Policy:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
-        matchers = [Matcher.compile(r) for r in rules if r.action != "rewrite_mailbox"]
+        matchers = [Matcher.compile(r) for r in rules if r.action in ("block", "log")]
+        self._read_only = _Candidates(
+            "SELECT", [Matcher.compile(r) for r in rules if r.action == "read_only"]
+        )
         self._generic = _Candidates(None, [m for m in matchers if not m.rule.when.command])
         self._by_command = {
             name: _Candidates(
@@ -233,11 +275,19 @@ class Policy:
         }
         rewrites = [r for r in rules if r.action == "rewrite_mailbox"]
         self._map = MailboxMap([(r.name, r.from_ or "", r.to or "") for r in rewrites])
+        self._roots = tuple(MappedRoot(r.name, r.from_ or "", r.to or "") for r in rewrites)
+        self._texts = StatusTexts([(r.from_ or "", r.to or "") for r in rewrites])
         self._needs_arguments = frozenset(
             name
             for name, cands in self._by_command.items()
-            if cands.needs_args or (self._map and name in REWRITE_COMMANDS)
+            if cands.needs_args
+            or (self._map and name in REWRITE_COMMANDS)
+            or (name == "SELECT" and self._read_only.matchers)
         )
+        # `* STATUS` responses the client did not ask for by a STATUS command (LIST-STATUS,
+        # NOTIFY) are judged like one: STATUS's block rules decide whether counts show.
+        self._status = self._by_command["STATUS"]
+        self._status_guard = any(m.rule.action == "block" for m in self._status.matchers)
         self._delimiter: bytes | None = None  # learned from the server's LIST responses
         self._delimiter_known = False
 
@@ -273,10 +323,11 @@ class Policy:
     def decide(self, facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict:
         cands = self._by_command.get(command, self._generic)
         rewrite = bool(self._map) and command in REWRITE_COMMANDS
-        if not cands.matchers and not rewrite:
+        read_only = command == "SELECT" and bool(self._read_only.matchers)
+        if not cands.matchers and not rewrite and not read_only:
             return _PASS
         args: ParsedCommand | None = None
-        if cands.needs_args or rewrite:
+        if cands.needs_args or rewrite or read_only:
             args = _parse(raw, complete)
 
         user = facts.user
@@ -287,19 +338,35 @@ class Policy:
             elif user is None and cands.strict_user:
                 return _unparsable(cands, "user")
         mailboxes: tuple[str, ...] | None = None
+        trees: tuple[str, ...] = ()
         if cands.needs_mailbox:
             mailboxes, ok = self._involved_mailboxes(facts, command, args)
             if not ok and cands.strict_mailbox:
                 return _unparsable(cands, "mailbox")
+            if ok and command in TREE_COMMANDS and args is not None:
+                # RENAME/DELETE act on everything under their names (see trees)
+                extra, trees = tree_scope(*self._tree_names(command, args, facts.utf8))
+                mailboxes += extra
 
-        verdict = cands.verdict(facts.client_ip, user, mailboxes)
-        if not rewrite or verdict.block is not None:
+        verdict = cands.verdict(facts.client_ip, user, mailboxes, trees)
+        if verdict.block is not None or not (rewrite or read_only):
             return verdict
-        block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
-        if block is None and rewritten is None:
+        matched = verdict.matched
+        rewritten: bytes | None = None
+        if rewrite:
+            block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
+            matched += tuple((name, "rewrite_mailbox") for name in applied)
+            if block is not None:
+                return Verdict(block, None, verdict.log, matched, verdict.log_direction)
+        if read_only:
+            names, ok = self._involved_mailboxes(facts, command, args)
+            hits = self._read_only.verdict(facts.client_ip, user, names if ok else None).matched
+            if hits or not ok:  # an unreadable name is opened read-only too (fail closed)
+                rewritten = _as_examine(rewritten if rewritten is not None else raw)
+                matched += hits or ((self._read_only.matchers[0].rule.name, "read_only"),)
+        if rewritten is None and matched is verdict.matched:
             return verdict
-        matched = verdict.matched + tuple((name, "rewrite_mailbox") for name in applied)
-        return Verdict(block, rewritten, verdict.log, matched, verdict.log_direction)
+        return Verdict(None, rewritten, verdict.log, matched, verdict.log_direction)
 
     def _involved_mailboxes(
         self, facts: SessionFacts, command: str, args: ParsedCommand | None
@@ -318,6 +385,20 @@ class Policy:
                 for token in tokens:
                     names.append(decode_mailbox(token.value, facts.utf8, delimiter))
         return tuple(names), ok
+
+    def _tree_names(
+        self, command: str, args: ParsedCommand, utf8: bool
+    ) -> tuple[list[str], list[str], tuple[MappedRoot, ...], str | None]:
+        """(client names, their upstream names, mapped roots, delimiter) for trees."""
+        delimiter = self.delimiter
+        text_delimiter = delimiter.decode("utf-8", "replace") if delimiter else None
+        clients: list[str] = []
+        upstreams: list[str] = []
+        for token in _mailbox_tokens(command, args) or ():
+            clients.append(decode_mailbox(token.value, utf8, delimiter))
+            up = self._map.to_upstream(token.value, delimiter, utf8).wire if self._map else None
+            upstreams.append(decode_mailbox(up, utf8, delimiter) if up else clients[-1])
+        return clients, upstreams, self._roots, text_delimiter
 
     def _rewrite_command(
         self, command: str, raw: bytes, parsed: ParsedCommand | None, utf8: bool
@@ -349,6 +430,10 @@ class Policy:
                 if mapped.rule is not None:
                     edits.append((token, mapped.wire))
                     applied.append(mapped.rule)
+            if command in TREE_COMMANDS:
+                conflict = mapping_conflict(command, *self._tree_names(command, parsed, utf8))
+                if conflict is not None:
+                    return self._refuse(CONFLICT_MESSAGE, conflict.rule)
         if not edits:
             return None, None, ()
         rewritten = _splice(raw, edits, list_pattern=command in LIST_COMMANDS)
@@ -364,20 +449,42 @@ class Policy:
     # -- responses ------------------------------------------------------------------------
 
     def rewrites_responses(self) -> bool:
-        return bool(self._map)
+        return bool(self._map) or self._status_guard
 
-    def rewrite_response(self, raw: bytes, utf8: bool = False) -> bytes | None:
+    def rewrite_status_text(self, raw: bytes) -> bytes | None:
+        """A status response (tagged, or untagged OK/NO/BAD/BYE) whose text names upstream
+        paths of mapped folders, with their client names instead; None when unchanged.
+
+        Never hides a response: a status response answers a command. Only the part after
+        the first word (the tag or ``*``) is looked at, so a tag is never changed.
+        """
+        if not self._map:
+            return None
+        space = raw.find(b" ")
+        if space < 0:
+            return None
+        text = self._texts.rewrite(raw[space:], self.delimiter)
+        return None if text is None else raw[:space] + text
+
+    def rewrite_response(
+        self, raw: bytes, facts: SessionFacts | None = None, *, utf8: bool | None = None
+    ) -> bytes | None:
         """Map the mailbox name in one untagged response upstream -> client.
 
         Returns the new response, None when unchanged, or b"" when the response names an
-        upstream mailbox the client must not see (drop it).
+        upstream mailbox the client must not see (drop it). ``facts`` are the session's
+        (``utf8`` defaults to theirs): a ``* STATUS`` for a mailbox whose STATUS command a
+        block rule would refuse under them is dropped too, whoever asked for it (LIST
+        ``RETURN (STATUS)``, NOTIFY). Without facts that check is skipped.
         """
-        if not self._map or not raw.startswith(b"* "):
+        if not raw.startswith(b"* ") or not (self._map or self._status_guard):
             return None
+        if utf8 is None:
+            utf8 = facts.utf8 if facts is not None else False
         space = raw.find(b" ", 2)
         word = raw[2:space].upper() if space > 0 else b""
         if word in _LIST_RESPONSES:
-            return self._rewrite_list_response(raw, space + 1, utf8)
+            return self._rewrite_list_response(raw, space + 1, utf8) if self._map else None
         if word in _NAME_FIRST_RESPONSES:
             try:
                 tokens = tokenize(raw, space + 1)
@@ -385,8 +492,25 @@ class Policy:
                 return None
             if not tokens or tokens[0].kind is TokenKind.LIST:
                 return None
-            return self._apply_down(raw, tokens[0], self.delimiter, utf8)
+            result = self._apply_down(raw, tokens[0], self.delimiter, utf8) if self._map else None
+            if word == b"STATUS" and result != b"" and facts is not None and self._status_guard:
+                shown = result if result is not None else raw
+                if self._status_blocked(facts, shown, utf8):
+                    return b""
+            return result
         return None
+
+    def _status_blocked(self, facts: SessionFacts, response: bytes, utf8: bool) -> bool:
+        """Would a block rule refuse ``STATUS <name>`` for this ``* STATUS <name> (...)``?"""
+        try:
+            tokens = tokenize(response, response.find(b" ", 2) + 1)
+        except TokenError:
+            return True  # fail closed: the counts of an unreadable name stay hidden
+        if not tokens or tokens[0].kind is TokenKind.LIST:
+            return True
+        name = decode_mailbox(tokens[0].value, utf8, self.delimiter)
+        verdict = self._status.verdict(facts.client_ip, facts.user, (name,))
+        return verdict.block is not None
 
     def _rewrite_list_response(self, raw: bytes, pos: int, utf8: bool) -> bytes | None:
         try:
@@ -418,6 +542,13 @@ class Policy:
 
 
 Policy.EMPTY = Policy(())
+
+
+def _as_examine(raw: bytes) -> bytes:
+    """``tag SELECT args`` as ``tag EXAMINE args`` (the command word is the second one)."""
+    space = raw.find(b" ")
+    assert raw[space + 1 : space + 7].upper() == b"SELECT", raw[:64]
+    return raw[: space + 1] + b"EXAMINE" + raw[space + 7 :]
 
 
 def _login_user(parsed: ParsedCommand | None) -> str | None:

@@ -12,8 +12,8 @@ from typing import Literal
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ACTIONS: tuple[str, ...] = ("block", "log", "rewrite_mailbox")
-Action = Literal["block", "log", "rewrite_mailbox"]
+ACTIONS: tuple[str, ...] = ("block", "log", "rewrite_mailbox", "read_only")
+Action = Literal["block", "log", "rewrite_mailbox", "read_only"]
 Detail = Literal["command", "full"]
 Direction = Literal["client", "server"]
 

@@ -86,6 +86,8 @@ _DESELECTING = frozenset({"CLOSE", "UNSELECT"})
 _MAILBOX_RESPONSES = frozenset(
     {"LIST", "LSUB", "STATUS", "XLIST", "MYRIGHTS", "ACL", "LISTRIGHTS", "QUOTAROOT", "METADATA"}
 )
+# Untagged status responses: their text may quote upstream names (policy.rewrite_status_text).
+_STATUS_WORDS = frozenset({"OK", "NO", "BAD", "BYE"})
 
 
 class _Command:
@@ -579,13 +581,15 @@ class Session:
             and policy.rewrites_responses()
         ):
             if ev.literal is None:
-                rewritten = policy.rewrite_response(raw)
+                rewritten = policy.rewrite_response(raw, self._facts())
                 if rewritten == b"":
                     return  # an upstream name with no client-side form: hidden
                 raw = rewritten if rewritten is not None else raw
             else:
                 self._response_hold = [raw]
                 return
+        elif policy is not None and word in _STATUS_WORDS and policy.rewrites_responses():
+            raw = policy.rewrite_status_text(raw) or raw
         self._maybe_log_response(raw)
         self._out.to_client.append(raw)
 
@@ -597,7 +601,7 @@ class Session:
             self._response_hold = None
             whole = b"".join(held)
             policy = self.policy
-            rewritten = policy.rewrite_response(whole) if policy is not None else None
+            rewritten = policy.rewrite_response(whole, self._facts()) if policy else None
             if rewritten != b"":  # b"": hidden, see _on_untagged
                 self._out.to_client.append(rewritten if rewritten is not None else whole)
         elif sum(len(p) for p in held) > self.settings.max_line:
@@ -631,6 +635,9 @@ class Session:
             cmd.bytes_out = self._response_bytes
             out.notes.append(self._done_note(cmd, status, code, self._clock()))
         self._response_bytes = 0
+        policy = self.policy
+        if policy is not None and policy.rewrites_responses():
+            raw = policy.rewrite_status_text(raw) or raw  # upstream names in error texts
         out.to_client.append(raw)
         return resumed
 

@@ -271,7 +271,8 @@ ERRORS: dict[str, tuple[str, str]] = {
     ),
     "unknown action": (
         "rules:\n  - name: x\n    action: blok\n",
-        "c.yaml:3:13: unknown action 'blok' (expected one of: block, log, rewrite_mailbox)",
+        "c.yaml:3:13: unknown action 'blok' (expected one of: block, log, read_only, "
+        "rewrite_mailbox)",
     ),
     "listen not a string": (
         "listen: 143\n",
@@ -588,7 +589,7 @@ def test_errors_in_rules_file_name_the_rules_file(cwd: Path) -> None:
     message = check_config(write("c.yaml", "rules_file: rules/example.yaml\n"))
     assert message == (
         "rules/example.yaml:4:11: unknown action 'blok' (expected one of: block, log, "
-        "rewrite_mailbox)"
+        "read_only, rewrite_mailbox)"
     )
 
 

@@ -52,10 +52,20 @@ def check_read_only_archive(policy: Policy) -> None:
     ]:
         verdict = policy.decide(f, command, raw, command != "APPEND")
         assert verdict.block == ("archive-read-only", "The Archive folders are read-only"), raw
+    # the server enforces it: SELECT goes upstream as EXAMINE (so no \\Seen, no expunge)
+    for raw in (
+        b"a SELECT Archive\r\n",
+        b'a SELECT "Archive/2023"\r\n',
+        b"a SELECT {7}\r\nArchive\r\n",
+    ):
+        selected = policy.decide(facts(), "SELECT", raw, True)
+        assert selected.block is None and selected.rewritten == raw.replace(b"SELECT", b"EXAMINE")
+    assert policy.decide(facts(), "SELECT", b"a SELECT Archives\r\n", True).rewritten is None
+    # CLOSE is left to the server: on an EXAMINEd folder it expunges nothing
+    assert policy.decide(in_archive, "CLOSE", b"a CLOSE\r\n", True).block is None
     for command, raw, f in [
         ("FETCH", b"a FETCH 1 BODY[]\r\n", in_archive),
         ("COPY", b"a COPY 1 INBOX\r\n", in_archive),  # copying out is reading
-        ("SELECT", b"a SELECT Archive\r\n", facts()),
         ("STORE", b"a STORE 1 +FLAGS (\\Seen)\r\n", facts(selected="Archives")),
         ("DELETE", b"a DELETE Archives\r\n", facts()),
     ]:

@@ -362,8 +362,8 @@ def test_rewrite_keeps_quoting_and_literal_forms() -> None:
         (b'a SELECT "Archive"\r\n', b'a SELECT "Old/Archive"\r\n'),
         (b"a SELECT Team/x\r\n", b'a SELECT "Shared Team/x"\r\n'),  # atom needs quoting now
         (
-            b"a RENAME {6+}\r\nTeam/a {7}\r\nArchive\r\n",
-            b"a RENAME {13+}\r\nShared Team/a {11}\r\nOld/Archive\r\n",
+            b"a RENAME {6+}\r\nTeam/a {9}\r\nArchive/b\r\n",
+            b"a RENAME {13+}\r\nShared Team/a {13}\r\nOld/Archive/b\r\n",
         ),
         (b'a SELECT "Archive/\\"q\\""\r\n', b'a SELECT "Old/Archive/\\"q\\""\r\n'),
     ]

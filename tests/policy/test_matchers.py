@@ -66,3 +66,43 @@ def test_matcher_ands_conditions() -> None:
     assert not matcher.matches(inside, "bob", ["INBOX"])
     assert not matcher.matches(inside, "bob", [])
     assert Matcher.compile(Rule("any", "log")).matches(inside, None, None)
+
+
+@pytest.mark.parametrize(
+    ("glob", "prefix", "extends"),
+    [
+        ("Archive/*", "Archive/", True),
+        ("Archive/*", "Arch", True),
+        ("Archive/*", "Archive/2024/x/", True),  # past the star: anything goes
+        ("Archive", "Archive/", False),  # the glob ends before the prefix does
+        ("Archive", "Arc", True),
+        ("Mail/Archive/*", "Mail/", True),
+        ("Mail/Archive/*", "Mailbox/", False),
+        ("M?il/x", "Mxil/", True),
+        ("M[ae]il/x", "Meil/", True),
+        ("M[!ae]il/x", "Mail/", False),
+        ("*", "anything/", True),
+        ("", "x", False),
+    ],
+)
+def test_glob_prefix(glob: str, prefix: str, extends: bool) -> None:
+    from imapproxy.policy.matchers import GlobPrefix
+
+    assert GlobPrefix(glob).extends(prefix) is extends
+
+
+@pytest.mark.parametrize(
+    ("glob", "name", "matches"),
+    [
+        ("inbox", "INBOX", True),
+        ("inbox/Keep", "INBOX/Keep", True),
+        ("Inbox/*", "INBOX/x", True),
+        ("inbox*", "INBOX", False),  # a pattern on the word, case-sensitive as written
+        ("inbox*", "inboxes", True),
+        ("inboxes", "INBOXES", False),
+    ],
+)
+def test_inbox_in_mailbox_globs_matches_in_any_case(glob: str, name: str, matches: bool) -> None:
+    rule = Rule("r", "block", When(mailbox=(glob,)))
+    matcher = Matcher.compile(rule)
+    assert matcher.matches(ipaddress.ip_address("127.0.0.1"), None, (name,)) is matches

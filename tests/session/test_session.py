@@ -571,10 +571,13 @@ class FakePolicy:
     def rewrites_responses(self) -> bool:
         return self.responses is not None
 
-    def rewrite_response(self, raw: bytes) -> bytes | None:
+    def rewrite_response(self, raw: bytes, facts: object = None) -> bytes | None:
         self.rewrite_calls.append(raw)
         assert self.responses is not None
         return self.responses(raw)
+
+    def rewrite_status_text(self, raw: bytes) -> bytes | None:
+        return None
 
 
 def facts(ip: object, user: str | None, selected: str | None) -> tuple[object, ...]:

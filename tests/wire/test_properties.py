@@ -117,7 +117,10 @@ class _HoldEverything:
     def rewrites_responses(self) -> bool:
         return False
 
-    def rewrite_response(self, raw: bytes) -> bytes | None:
+    def rewrite_response(self, raw: bytes, facts: object = None) -> bytes | None:
+        return None
+
+    def rewrite_status_text(self, raw: bytes) -> bytes | None:
         return None
 
 
@@ -303,8 +306,11 @@ class _ChaosPolicy:
     def rewrites_responses(self) -> bool:
         return True
 
-    def rewrite_response(self, raw: bytes) -> bytes | None:
+    def rewrite_response(self, raw: bytes, facts: object = None) -> bytes | None:
         return raw.replace(b"a", b"b") if b"a" in raw else None
+
+    def rewrite_status_text(self, raw: bytes) -> bytes | None:
+        return None
 
 
 @FUZZ
