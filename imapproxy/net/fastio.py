@@ -73,6 +73,8 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     The duplicate shares the open file (and its O_NONBLOCK flag) with trio's socket, so a
     ``send`` on it never blocks; owning its own descriptor, it can be closed independently.
     """
+    if isinstance(stream, PrefixedStream):
+        stream = stream.transport
     if not isinstance(stream, trio.SocketStream):
         return None
     fd = os.dup(stream.socket.fileno())
