@@ -216,18 +216,21 @@ class Proxy:
     ) -> None:
         tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            origin: ClientOrigin | None = ClientOrigin.of_socket(tcp.socket)
+            origin = ClientOrigin.of_socket(tcp.socket)
         except OSError:
             await stream.aclose()
             return
         accept = self._proxy_accept(listener)
         if accept is not None:  # before anything else: the header names the client
-            assert origin is not None
-            origin = await receive_origin(tcp.socket, origin, accept, self.telemetry, listener)
-            if origin is None:
-                await trio.aclose_forcefully(stream)
+            carried = None
+            try:
+                carried = await receive_origin(tcp.socket, origin, accept, self.telemetry, listener)
+            finally:  # refused, or cancelled by a shutdown while waiting
+                if carried is None:
+                    await trio.aclose_forcefully(stream)
+            if carried is None:
                 return
-        assert origin is not None
+            origin = carried
         peer = origin.client_text
         if self.active >= self.config.limits.max_sessions:
             with trio.move_on_after(2):
