@@ -8,14 +8,14 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal
 
 import pytest
 import trio
 
 from imapproxy.config.loader import Address, Config, Listen, Upstream
-from imapproxy.demo.dovecot import Dovecot, TLSFiles
+from imapproxy.demo.dovecot import Dovecot
 from imapproxy.wire.proxy_protocol import encode_v2
 
 from .conftest import Account, ProxyFactory, new_account
@@ -23,6 +23,7 @@ from .rawimap import RawIMAP
 from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
     Events,
+    edge_dovecot_fixture,
     events_fixture,
     log_since,
     pki_fixture,
@@ -31,25 +32,6 @@ from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the f
 _sources = (f"127.0.0.{n}" for n in itertools.count(20))  # one fresh client address per use
 Mode = Literal["proxy_v2", "id"]
 TLSMode = Literal["none", "starttls", "implicit"]
-
-
-@pytest.fixture(scope="module")
-def edge_dovecot(
-    dovecot: Dovecot, pki: PKI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Dovecot]:
-    """Dovecot with TLS, a PROXY-header listener, and only the proxy (127.0.0.1) trusted
-    to send ID x-originating-ip: a client address reaches ``rip=`` only by the proxy."""
-    server = Dovecot(
-        tmp_path_factory.mktemp("dovecot-edge"),
-        tls=TLSFiles(pki.cert, pki.key),
-        haproxy=True,
-        login_trusted_networks="127.0.0.1/32",
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _upstream(server: Dovecot, mode: Mode | Literal["none"], tls: TLSMode, pki: PKI) -> Upstream:
