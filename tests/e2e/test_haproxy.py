@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from imapproxy.config.loader import load_config
 from imapproxy.demo.dovecot import Dovecot
 
 from .conftest import new_account
@@ -197,3 +198,23 @@ def test_haproxy_in_front_of_two_instances_passes_every_client_on(
     assert all(served), served  # both instances served
     assert served[0] | served[1] == set(CLIENTS)
     assert not served[0] & served[1]  # round robin: each client went to exactly one
+
+
+def test_readme_examples_are_valid(tmp_path: Path) -> None:
+    """README's haproxy block passes `haproxy -c`; its imapproxy block loads."""
+    if not os.access(HAPROXY, os.X_OK):
+        pytest.skip("haproxy not installed (apt-get install haproxy)")
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Behind a load balancer") :]
+    yaml_block = section[section.index("```yaml\n") + 8 : section.index("```\n\n- **PROXY in")]
+    (tmp_path / "c.yaml").write_text(yaml_block)
+    config = load_config(tmp_path / "c.yaml")
+    assert config.listen.proxy_protocol and config.upstream is not None
+    assert config.upstream.client_ip == "proxy_v2"
+    start = section.index("  # /etc/haproxy/haproxy.cfg")
+    block = section[start : section.index("  ```", start)]
+    (tmp_path / "haproxy.cfg").write_text("".join(line[2:] + "\n" for line in block.splitlines()))
+    check = subprocess.run(
+        [HAPROXY, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
