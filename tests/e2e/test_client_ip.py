@@ -111,17 +111,20 @@ async def test_client_id_is_relayed_and_cannot_override_the_address(
     running = await proxy_factory(Config(upstream=_upstream(edge_dovecot, "id", tls, pki)))
     source = next(_sources)
 
+    # the client's own ID, claiming another address, pipelined with LOGIN before the
+    # greeting: both wait in the socket until the proxy's ID exchange is over
+    early = b'i ID ("name" "attacker" "x-originating-ip" "10.6.6.6")\r\nL LOGIN %s %s\r\n' % (
+        a.name.encode(),
+        a.password.encode(),
+    )
+
     def run() -> list[bytes]:
-        with RawIMAP(running.address, timeout=10, source=source) as c:
-            # the client's own ID, claiming another address, pipelined with LOGIN
-            c.send(
-                b'i ID ("name" "attacker" "x-originating-ip" "10.6.6.6")\r\n'
-                b"L LOGIN %s %s\r\n" % (a.name.encode(), a.password.encode())
-            )
-            return c.until_tagged(b"i") + c.until_tagged(b"L")
+        with RawIMAP(running.address, timeout=10, source=source, preamble=early) as c:
+            return [c.greeting, *c.until_tagged(b"i"), *c.until_tagged(b"L")]
 
     out = await trio.to_thread.run_sync(run)
-    assert out[0].startswith(b'* ID ("name" "Dovecot")') and out[1].startswith(b"i OK"), out
+    assert out[0].startswith(b"* OK") and b"Dovecot" in out[0], out
+    assert out[1].startswith(b'* ID ("name" "Dovecot")') and out[2].startswith(b"i OK"), out
     assert out[-1].startswith(b"L OK")
     line = await _login_line(log, a.name)
     assert f"rip={source}," in line and "10.6.6.6" not in line

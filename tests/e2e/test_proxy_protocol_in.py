@@ -16,8 +16,19 @@ from pathlib import Path
 import pytest
 import trio
 
-from imapproxy.config.loader import Address, Config, Limits, Listen, TLSListen, load_config
+from imapproxy.config.loader import (
+    Address,
+    Config,
+    Limits,
+    Listen,
+    MetricsConfig,
+    TLSListen,
+    Upstream,
+    load_config,
+)
 from imapproxy.demo.dovecot import Dovecot
+from imapproxy.server.listener import Proxy
+from imapproxy.telemetry.recorder import Telemetry
 from imapproxy.wire.proxy_protocol import V2_SIGNATURE, encode_v2
 
 from .conftest import Account, ProxyFactory, RunningProxy, new_account
@@ -283,3 +294,32 @@ async def test_implicit_tls_listener_reads_the_header_before_the_handshake(
     (refusal,) = events.named("proxy_header_refused")
     assert refusal["listener"] == "tls" and "no PROXY header" in refusal["reason"]
     _no_tracebacks(events)
+
+
+async def test_reload_applies_new_trusted_networks_to_new_connections(
+    dovecot: Dovecot, nursery: trio.Nursery, events: Events
+) -> None:
+    def config(trusted: str) -> Config:
+        return Config(
+            listen=Listen(Address("127.0.0.1", 0), True, (ipaddress.ip_network(trusted),)),
+            upstream=Upstream(Address(*dovecot.address)),
+            metrics=MetricsConfig(address=None),
+        )
+
+    current = config("127.0.0.1/32")
+    proxy = Proxy(current, Telemetry(None), reload_config=lambda: current)
+    (address,) = await nursery.start(proxy.serve)
+    header = v2("198.51.100.5", 7)
+
+    def greeting(source: str) -> bytes:
+        return _what_the_proxy_says(address, header + b"Z LOGOUT\r\n", source=source)[:4]
+
+    assert await trio.to_thread.run_sync(greeting, "127.0.0.1") == b"* OK"
+    assert await trio.to_thread.run_sync(greeting, "127.0.0.3") == b""
+    current = config("127.0.0.3/32")
+    assert proxy.reload()
+    assert await trio.to_thread.run_sync(greeting, "127.0.0.3") == b"* OK"
+    assert await trio.to_thread.run_sync(greeting, "127.0.0.1") == b""
+    assert len(events.named("proxy_header_refused")) == 2
+    assert proxy.bound == [address]  # the listener stayed where it was
+    proxy.stop()
