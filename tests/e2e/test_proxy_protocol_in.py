@@ -4,6 +4,7 @@ headers are closed with one log line and no traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -280,6 +281,9 @@ async def test_implicit_tls_listener_reads_the_header_before_the_handshake(
                 assert tls.recv(4096).startswith(b"* OK")
                 tls.sendall(_login_line(a))
                 assert _read_tagged(tls, b"L").startswith(b"L OK")
+        # header and ClientHello in one segment: the hello must not be eaten with the header
+        with socket.create_connection(tls_address, timeout=10) as raw:
+            assert _tls_in_one_write(raw, ctx, header, _login_line(a)).startswith(b"L OK")
         # and without the header the handshake never starts: refused, no TLS alert
         with (
             socket.create_connection(tls_address, timeout=10) as raw,
@@ -289,11 +293,50 @@ async def test_implicit_tls_listener_reads_the_header_before_the_handshake(
             tls.recv(10)
 
     await trio.to_thread.run_sync(run)
-    (closed,) = await events.wait_for("session_closed")
-    assert closed["client"] == "198.51.100.99:45678" and "tls_version" in closed
+    with trio.fail_after(5):
+        while len(events.named("session_closed")) < 2:
+            await trio.sleep(0.01)
+    for closed in events.named("session_closed"):
+        assert closed["client"] == "198.51.100.99:45678" and "tls_version" in closed
     (refusal,) = events.named("proxy_header_refused")
     assert refusal["listener"] == "tls" and "no PROXY header" in refusal["reason"]
     _no_tracebacks(events)
+
+
+def _tls_in_one_write(raw: socket.socket, ctx: ssl.SSLContext, header: bytes, line: bytes) -> bytes:
+    """TLS by hand (memory BIOs), so that the PROXY header and the ClientHello go out in
+    one ``sendall``; then ``line`` is sent and the first line of the answer returned."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    raw.sendall(header + outgoing.read())
+
+    def pump() -> None:  # send what TLS produced, feed it what arrived
+        if out := outgoing.read():
+            raw.sendall(out)
+        chunk = raw.recv(65536)
+        assert chunk, "closed"
+        incoming.write(chunk)
+
+    for _ in range(20):
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+    received, sent = b"", False
+    for _ in range(100):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            received += tls.read(65536)
+        if b"\r\n" in received and not sent:  # the greeting: now the command
+            assert received.startswith(b"* OK"), received
+            tls.write(line)
+            received, sent = b"", True
+        elif b"\r\n" in received:
+            return received.split(b"\r\n")[0]
+        pump()
+    raise AssertionError("no answer")
 
 
 async def test_reload_applies_new_trusted_networks_to_new_connections(
