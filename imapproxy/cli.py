@@ -71,7 +71,10 @@ def _overrides(args: argparse.Namespace) -> Callable[[Config], Config]:
             up = cfg.upstream or Upstream(address=args.upstream)
             cfg = dataclasses.replace(cfg, upstream=dataclasses.replace(up, address=args.upstream))
         if args.listen is not None:
-            cfg = dataclasses.replace(cfg, listen=args.listen)
+            # Only the address: the file's proxy_protocol/trusted_networks stay.
+            cfg = dataclasses.replace(
+                cfg, listen=dataclasses.replace(cfg.listen, address=args.listen)
+            )
         if args.metrics is not None:
             addr = None if args.metrics == "off" else _address(args.metrics)
             cfg = dataclasses.replace(cfg, metrics=MetricsConfig(address=addr))
@@ -180,7 +183,7 @@ def demo(argv: Sequence[str]) -> int:
             up = Address(*dovecot.address)
             cfg = dataclasses.replace(
                 base,
-                listen=args.listen,
+                listen=dataclasses.replace(base.listen, address=args.listen),
                 upstream=Upstream(address=up),
                 metrics=MetricsConfig(address=args.metrics),
             )

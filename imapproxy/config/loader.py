@@ -21,9 +21,9 @@ from typing import Literal, cast
 
 from yaml.nodes import ScalarNode
 
-from imapproxy.config.rulefile import parse_rules, parse_rules_document
+from imapproxy.config.rulefile import network, parse_rules, parse_rules_document
 from imapproxy.config.yamlsource import ConfigError, Mapping, YNode, load_yaml
-from imapproxy.policy.model import Rule
+from imapproxy.policy.model import Network, Rule
 
 __all__ = [
     "Address",
@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "Limits",
+    "Listen",
     "LogConfig",
     "MetricsConfig",
     "TLSListen",
@@ -92,10 +93,22 @@ def _port(text: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Listen:
+    """A plain listener. With ``proxy_protocol`` every connection must start with a PROXY
+    v1/v2 header, accepted only from ``trusted_networks`` (a load balancer)."""
+
+    address: Address = Address("0.0.0.0", 143)
+    proxy_protocol: bool = False
+    trusted_networks: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TLSListen:
     address: Address
     cert: Path
     key: Path
+    proxy_protocol: bool = False  # the PROXY header comes before the TLS handshake
+    trusted_networks: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +128,9 @@ class Upstream:
     ca_file: Path | None = None
     server_name: str | None = None
     connect_timeout: float = 10.0
+    # How the mail server learns the client's address: not at all, a PROXY v2 header
+    # (Dovecot haproxy_trusted_networks), or ID x-originating-ip (login_trusted_networks).
+    client_ip: Literal["none", "proxy_v2", "id"] = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +139,7 @@ class Limits:
     idle_timeout: float = 1860.0
     grace_period: float = 30.0
     max_sessions: int = 10000
+    proxy_header_timeout: float = 5.0  # seconds for a PROXY header to arrive complete
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +161,7 @@ class ControlConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    listen: Address = Address("0.0.0.0", 143)
+    listen: Listen = field(default_factory=Listen)
     listen_tls: TLSListen | None = None
     client_tls: ClientTLS | None = None
     upstream: Upstream | None = None  # may come from --upstream instead
@@ -156,6 +173,7 @@ class Config:
     source: Path | None = None
 
 
+_PROXY_KEYS = ("proxy_protocol", "trusted_networks")
 _TOP_KEYS = (
     "listen",
     "listen_tls",
@@ -181,7 +199,7 @@ def load_config(path: Path) -> Config:
     values = _Reader(base)
     config = Config(source=path)
     if (node := top.get("listen")) is not None:
-        config = replace(config, listen=values.address(node, "listen"))
+        config = replace(config, listen=values.listen(node))
     if (node := top.get("listen_tls")) is not None:
         config = replace(config, listen_tls=values.listen_tls(node))
     if (node := top.get("client_tls")) is not None:
@@ -247,13 +265,46 @@ class _Reader:
             node.fail(f"{what}: file not found: {path}")
         return path
 
+    def listen(self, node: YNode) -> Listen:
+        if isinstance(node.node, ScalarNode):  # `listen: "host:port"`
+            return Listen(self.address(node, "listen"))
+        section = node.as_mapping("listen")
+        section.check_keys(("address", *_PROXY_KEYS))
+        result = Listen()
+        if (value := section.get("address")) is not None:
+            result = replace(result, address=self.address(value, "listen.address"))
+        proxy_protocol, trusted = self._proxy_keys(section, "listen")
+        return replace(result, proxy_protocol=proxy_protocol, trusted_networks=trusted)
+
     def listen_tls(self, node: YNode) -> TLSListen:
         section = node.as_mapping("listen_tls")
-        section.check_keys(("address", "cert", "key"), ("cert", "key"))
+        section.check_keys(("address", "cert", "key", *_PROXY_KEYS), ("cert", "key"))
         address = Address("0.0.0.0", 993)
         if (value := section.get("address")) is not None:
             address = self.address(value, "listen_tls.address")
-        return TLSListen(address, *self._cert_key(section, "listen_tls"))
+        proxy_protocol, trusted = self._proxy_keys(section, "listen_tls")
+        return TLSListen(address, *self._cert_key(section, "listen_tls"), proxy_protocol, trusted)
+
+    def _proxy_keys(self, section: Mapping, what: str) -> tuple[bool, tuple[Network, ...]]:
+        """``proxy_protocol`` and ``trusted_networks``: both or neither, since a header from
+        anyone would let anyone claim any address."""
+        enabled = False
+        if (value := section.get("proxy_protocol")) is not None:
+            enabled = value.as_bool(f"{what}.proxy_protocol")
+        networks: list[Network] = []
+        if (value := section.get("trusted_networks")) is not None:
+            for item, text in value.as_str_list(f"{what}.trusted_networks"):
+                networks.append(network(item, text, f"{what}.trusted_networks"))
+            if not enabled:
+                section.key_node("trusted_networks").fail(
+                    f"{what}.trusted_networks has no effect without {what}.proxy_protocol: true"
+                )
+        elif enabled:
+            section.key_node("proxy_protocol").fail(
+                f"{what}.proxy_protocol needs {what}.trusted_networks (the load balancers' "
+                "addresses, e.g. ['10.0.0.0/8']): a PROXY header from anyone else is refused"
+            )
+        return enabled, tuple(networks)
 
     def _cert_key(self, section: Mapping, what: str) -> tuple[Path, Path]:
         cert, key = section.get("cert"), section.get("key")
@@ -287,7 +338,7 @@ class _Reader:
             return Upstream(self.address(node, "upstream"))
         section = node.as_mapping("upstream")
         section.check_keys(
-            ("address", "tls", "verify", "ca_file", "server_name", "connect_timeout"),
+            ("address", "tls", "verify", "ca_file", "server_name", "connect_timeout", "client_ip"),
             ("address",),
         )
         address = section.get("address")
@@ -309,6 +360,9 @@ class _Reader:
         if (value := section.get("connect_timeout")) is not None:
             timeout = value.as_number("upstream.connect_timeout")
             result = replace(result, connect_timeout=timeout)
+        if (value := section.get("client_ip")) is not None:
+            client_ip = value.as_choice("upstream.client_ip", ("id", "none", "proxy_v2"))
+            result = replace(result, client_ip=cast(Literal["none", "proxy_v2", "id"], client_ip))
         if result.tls == "none":
             for key in ("verify", "ca_file", "server_name"):
                 if section.get(key) is not None:
@@ -354,7 +408,9 @@ class _Reader:
 
     def limits(self, node: YNode) -> Limits:
         section = node.as_mapping("limits")
-        section.check_keys(("max_line", "idle_timeout", "grace_period", "max_sessions"))
+        section.check_keys(
+            ("max_line", "idle_timeout", "grace_period", "max_sessions", "proxy_header_timeout")
+        )
         result = Limits()
         if (value := section.get("max_line")) is not None:
             result = replace(result, max_line=value.as_int("limits.max_line", minimum=1024))
@@ -367,4 +423,7 @@ class _Reader:
         if (value := section.get("max_sessions")) is not None:
             sessions = value.as_int("limits.max_sessions", minimum=1)
             result = replace(result, max_sessions=sessions)
+        if (value := section.get("proxy_header_timeout")) is not None:
+            timeout = value.as_number("limits.proxy_header_timeout")
+            result = replace(result, proxy_header_timeout=timeout)
         return result

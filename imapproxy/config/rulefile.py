@@ -26,7 +26,7 @@ from imapproxy.policy.matchers import glob_error
 from imapproxy.policy.model import ACTIONS, Action, Detail, Direction, Network, Rule, When
 from imapproxy.wire.commands import KNOWN_COMMANDS, is_known_command, normalise_command_name
 
-__all__ = ["parse_rules", "parse_rules_document"]
+__all__ = ["network", "parse_rules", "parse_rules_document"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _COMMON_KEYS = ("name", "action", "when")
@@ -228,7 +228,7 @@ def _parse_when(node: YNode, what: str) -> When:
                 globs.append(text)
     if (value := mapping.get("client")) is not None:
         for item, text in value.as_str_list(f"{what}.client"):
-            clients.append(_network(item, text, f"{what}.client"))
+            clients.append(network(item, text, f"{what}.client"))
     if (value := mapping.get("direction")) is not None:
         direction = cast(Direction, value.as_choice("direction", ("client", "server")))
     for key in mapping:
@@ -247,7 +247,8 @@ def _parse_when(node: YNode, what: str) -> When:
     return When(tuple(commands), tuple(users), tuple(mailboxes), tuple(clients), direction)
 
 
-def _network(node: YNode, text: str, what: str) -> Network:
+def network(node: YNode, text: str, what: str) -> Network:
+    """A CIDR (host bits clear) from a config entry; a located error otherwise."""
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:

@@ -13,6 +13,10 @@ Behaviour worth knowing when testing against it:
   log line says "secured" for plaintext, "TLS" for TLS connections.
 - ``require_tls=True`` listens on 127.0.0.2 and trusts no network, because Dovecot never
   enforces TLS for a client whose IP equals the server's or is trusted.
+- ``haproxy=True`` adds a listener (``haproxy_address``) that requires a PROXY v1/v2 header
+  from loopback (``haproxy_trusted_networks``) on every connection; the login line's
+  ``rip=`` is then the address the header carried. ``login_trusted_networks`` replaces the
+  default (loopback, or nothing with ``require_tls``).
 - Failed logins answer after ~0.5 s and, unlike stock Dovecot, do not slow down later
   logins from the same IP. stop() takes ~1 s (Dovecot's master waits for its logger).
 """
@@ -138,6 +142,8 @@ class Dovecot:
         tls: TLSFiles | None = None,
         require_tls: bool = False,
         extra_config: str = "",
+        haproxy: bool = False,
+        login_trusted_networks: str | None = None,
     ) -> None:
         if require_tls and tls is None:
             raise ValueError("require_tls=True needs tls=TLSFiles(...)")
@@ -145,6 +151,9 @@ class Dovecot:
         self.tls = tls
         self.require_tls = require_tls
         self.extra_config = extra_config
+        self.haproxy = haproxy
+        self.login_trusted_networks = login_trusted_networks
+        self.haproxy_port: int | None = None
         # Dovecot treats a connection whose remote IP equals its local IP, or comes from
         # login_trusted_networks, as secured and then never enforces TLS. To make
         # require_tls bite, listen on 127.0.0.2 (clients connect from 127.0.0.1) and
@@ -198,6 +207,11 @@ class Dovecot:
         return None if self.tls_port is None else (self.host, self.tls_port)
 
     @property
+    def haproxy_address(self) -> tuple[str, int] | None:
+        """The listener that requires a PROXY header (``haproxy=True``)."""
+        return None if self.haproxy_port is None else (self.host, self.haproxy_port)
+
+    @property
     def pid(self) -> int | None:
         """PID of the master process this object started, while it runs."""
         return self._proc.pid if self._proc is not None else None
@@ -217,6 +231,7 @@ class Dovecot:
         for attempt in range(_PORT_ATTEMPTS):
             self.port = _free_port(self.host)
             self.tls_port = _free_port(self.host) if self.tls is not None else None
+            self.haproxy_port = _free_port(self.host) if self.haproxy else None
             self.config_path.write_text(self._render_config())
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with open(self._stderr_path, "wb") as err, _raised_fd_limit():
@@ -245,7 +260,7 @@ class Dovecot:
 
     def _wait_ready(self, deadline: float, log_offset: int) -> None:
         assert self._proc is not None
-        ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
+        ports = [self.port] + [p for p in (self.tls_port, self.haproxy_port) if p is not None]
         for port in ports:
             last_error = "no attempt made"
             while True:
@@ -455,12 +470,14 @@ class Dovecot:
             f"disable_plaintext_auth = {'yes' if self.require_tls else 'no'}",
             # Lets the proxy pass ID ("x-originating-ip" ...); with require_tls trusting
             # loopback would also mark every connection as secured.
-            f"login_trusted_networks = {'' if self.require_tls else '127.0.0.0/8'}",
+            f"login_trusted_networks = {self._login_trusted()}",
             "mail_max_userip_connections = 10000",
             "",
             "mail_location = maildir:~/Maildir",
             "mail_fsync = never",
         ]
+        if self.haproxy:
+            lines.append("haproxy_trusted_networks = 127.0.0.0/8")
         if self._chroot:
             lines.append(f"valid_chroot_dirs = {self._home_root}")
         lines += [
@@ -508,6 +525,17 @@ class Dovecot:
             f"    port = {self.tls_port or 0}",
             "    ssl = yes",
             "  }",
+            *(
+                [
+                    "  inet_listener imap_haproxy {",
+                    f"    address = {self.host}",
+                    f"    port = {self.haproxy_port}",
+                    "    haproxy = yes",
+                    "  }",
+                ]
+                if self.haproxy_port is not None
+                else []
+            ),
             "  service_count = 0",
             "  process_min_avail = 2",
             "  client_limit = 2000",
@@ -533,6 +561,11 @@ class Dovecot:
         if self.extra_config:
             lines += ["", "# extra_config", self.extra_config]
         return "\n".join(lines) + "\n"
+
+    def _login_trusted(self) -> str:
+        if self.login_trusted_networks is not None:
+            return self.login_trusted_networks
+        return "" if self.require_tls else "127.0.0.0/8"
 
     def _log_since(self, offset: int) -> str:
         try:

@@ -22,6 +22,8 @@ import socket
 
 import trio
 
+from imapproxy.net.streams import PrefixedStream
+
 _CHECKPOINT_EVERY = 32
 
 
@@ -71,6 +73,8 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     The duplicate shares the open file (and its O_NONBLOCK flag) with trio's socket, so a
     ``send`` on it never blocks; owning its own descriptor, it can be closed independently.
     """
+    if isinstance(stream, PrefixedStream):
+        stream = stream.transport
     if not isinstance(stream, trio.SocketStream):
         return None
     fd = os.dup(stream.socket.fileno())
@@ -86,18 +90,21 @@ class Receiver:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._raw = _raw_socket(stream)
+        self._raw = _receiving_socket(stream)
         self._reads = 0
 
     def replace(self, stream: trio.abc.Stream) -> None:
         self.close()
         self.stream = stream
-        self._raw = _raw_socket(stream)
+        self._raw = _receiving_socket(stream)
 
     async def receive(self, max_bytes: int) -> bytes:
         raw = self._raw
         if raw is None:
-            return bytes(await self.stream.receive_some(max_bytes))
+            data = bytes(await self.stream.receive_some(max_bytes))
+            if isinstance(self.stream, PrefixedStream) and not self.stream.prefix:
+                self._raw = _raw_socket(self.stream)  # prefix delivered: the direct path
+            return data
         self._reads += 1
         if self._reads % _CHECKPOINT_EVERY == 0:
             await trio.lowlevel.checkpoint()
@@ -113,3 +120,10 @@ class Receiver:
         if self._raw is not None:
             self._raw.close()
             self._raw = None
+
+
+def _receiving_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    # A prefix still to deliver goes through the stream first (see ``receive``).
+    if isinstance(stream, PrefixedStream) and stream.prefix:
+        return None
+    return _raw_socket(stream)

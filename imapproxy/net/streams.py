@@ -13,8 +13,44 @@ UpstreamConnector = Callable[[], Awaitable[trio.abc.Stream]]
 ClientTLSStarter = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
 
 
-class UpstreamTLSError(Exception):
+class UpstreamSetupError(Exception):
+    """The proxy's own exchange with a fresh upstream connection failed; ``reason`` is the
+    ``upstream_errors_total`` label."""
+
+    reason = "setup"
+
+
+class UpstreamTLSError(UpstreamSetupError):
     """The upstream leg could not be secured (no STARTTLS offered, handshake failed)."""
+
+    reason = "tls"
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A plain TCP stream from which the connector already read ``prefix`` (the greeting,
+    before its own ID exchange): reads return the prefix first. ``fastio`` reads and writes
+    ``transport``'s socket directly once the prefix is delivered."""
+
+    def __init__(self, transport: trio.SocketStream, prefix: bytes) -> None:
+        self.transport = transport
+        self.prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self.prefix:
+            return await self.transport.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        n = len(self.prefix) if max_bytes is None else max_bytes
+        chunk, self.prefix = self.prefix[:n], self.prefix[n:]
+        return chunk
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 def tls_details(stream: trio.abc.Stream, prefix: str = "") -> dict[str, object]:

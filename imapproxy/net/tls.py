@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from imapproxy.net.streams import ClientTLSStarter, UpstreamConnector, UpstreamTLSError
+from imapproxy.net.streams import ClientTLSStarter, UpstreamSetupError, UpstreamTLSError
 from imapproxy.telemetry.logs import log_event
 from imapproxy.wire import (
     CLOSED,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = [
     "HANDSHAKE_TIMEOUT",
     "ClientSideTLS",
+    "Greeted",
+    "Negotiation",
     "TLSListener",
     "TLSSetupError",
     "UpstreamTLSStream",
@@ -54,7 +57,7 @@ __all__ = [
     "server_context",
     "starttls_upstream",
     "tls_listeners",
-    "tls_upstream_connector",
+    "tls_upgrader",
     "upstream_context",
 ]
 
@@ -199,34 +202,52 @@ async def accept_handshake(
 
 
 # --- upstream side -----------------------------------------------------------------------
-def tls_upstream_connector(upstream: Upstream, telemetry: Telemetry) -> UpstreamConnector:
-    """A connector for ``tls: implicit`` or ``tls: starttls``; builds its context now."""
+# The connector's own step once the server has greeted (over TLS where TLS is configured):
+# the client-IP ID exchange. It gets the negotiation, whose parser keeps any later bytes.
+Greeted = Callable[["Negotiation"], Awaitable[None]]
+TLSUpgrader = Callable[[trio.abc.Stream, Greeted | None], Awaitable[trio.abc.Stream]]
+
+
+def tls_upgrader(upstream: Upstream, telemetry: Telemetry) -> TLSUpgrader:
+    """Secure a fresh TCP connection for ``tls: implicit`` or ``tls: starttls`` (the caller
+    closes it on failure); builds the context now, once per config."""
     context = upstream_context(upstream)
-    host, port = upstream.address.host, upstream.address.port
-    server_name = upstream.server_name or host
+    server_name = upstream.server_name or upstream.address.host
     implicit = upstream.tls == "implicit"
 
-    async def connect() -> trio.abc.Stream:
-        tcp = await trio.open_tcp_stream(host, port)
-        try:
-            if implicit:
-                tls = trio.SSLStream(tcp, context, server_hostname=server_name)
-                await _handshake(tls, telemetry)
-                return UpstreamTLSStream(tls)
-            return await starttls_upstream(tcp, context, server_name, telemetry)
-        except BaseException:  # failures and the driver's connect timeout alike
-            await trio.aclose_forcefully(tcp)
-            raise
+    async def upgrade(tcp: trio.abc.Stream, greeted: Greeted | None) -> trio.abc.Stream:
+        if not implicit:
+            return await starttls_upstream(tcp, context, server_name, telemetry, greeted)
+        tls = trio.SSLStream(tcp, context, server_hostname=server_name)
+        await _handshake(tls, telemetry)
+        if greeted is None:
+            return UpstreamTLSStream(tls)
+        lines = Negotiation(tls, "ID", UpstreamSetupError)
+        return UpstreamTLSStream(tls, await after_greeting(lines, greeted))
 
-    return connect
+    return upgrade
+
+
+async def after_greeting(lines: Negotiation, greeted: Greeted) -> bytes:
+    """Read the greeting, run ``greeted`` if it is ``* OK`` (a BYE or PREAUTH greeting is
+    the session's business), and return the bytes the session must see first."""
+    head, greeting = await lines.response()
+    if head.kind is ResponseKind.UNTAGGED and head.word == "OK":
+        await greeted(lines)
+    return greeting + lines.parser.take_rest()
 
 
 async def starttls_upstream(
-    stream: trio.abc.Stream, context: ssl.SSLContext, server_name: str, telemetry: Telemetry
+    stream: trio.abc.Stream,
+    context: ssl.SSLContext,
+    server_name: str,
+    telemetry: Telemetry,
+    greeted: Greeted | None = None,
 ) -> trio.abc.Stream:
     """Upgrade a fresh plaintext upstream connection; raise UpstreamTLSError on anything
-    but a clean upgrade. Returns the TLS stream behind a synthesized greeting."""
-    plain = _Negotiation(stream)
+    but a clean upgrade. Returns the TLS stream behind a synthesized greeting; ``greeted``
+    runs over TLS, after the capabilities are re-read."""
+    plain = Negotiation(stream)
     head, greeting = await plain.response()
     if head.kind is not ResponseKind.UNTAGGED or head.word != "OK":
         raise UpstreamTLSError(f"upstream greeting is not '* OK': {_show(greeting)}")
@@ -246,8 +267,11 @@ async def starttls_upstream(
         ) from exc
     tls = trio.SSLStream(stream, context, server_hostname=server_name)
     await _handshake(tls, telemetry)
-    secure = _Negotiation(tls)
+    secure = Negotiation(tls)
     caps = await _command(secure, b"tls3", b"CAPABILITY", "CAPABILITY after STARTTLS")
+    if greeted is not None:
+        secure.phase, secure.error = "ID", UpstreamSetupError
+        await greeted(secure)
     code_part = b"[CAPABILITY " + b" ".join(caps) + b"] " if caps else b""
     text = _GREETING_TEXT.sub(b"", greeting.rstrip(b"\r\n"))
     synthesized = b"* OK " + code_part + (_printable(text) or b"ready") + b"\r\n"
@@ -263,7 +287,7 @@ async def _handshake(tls: trio.SSLStream[_S], telemetry: Telemetry) -> None:
     telemetry.tls_handshake("upstream", "ok")
 
 
-async def _command(lines: _Negotiation, tag: bytes, command: bytes, what: str) -> list[bytes]:
+async def _command(lines: Negotiation, tag: bytes, command: bytes, what: str) -> list[bytes]:
     """Send ``tag command``; once it is answered OK, return the capabilities seen."""
     await lines.send(tag + b" " + command + b"\r\n")
     caps: list[bytes] | None = None
@@ -300,20 +324,28 @@ def _reason(exc: BaseException) -> str:
     return str(cause or exc) or type(exc).__name__
 
 
-class _Negotiation:
+class Negotiation:
     """The proxy's own short exchange with the upstream, framed by the project's
     ``ServerParser`` (literals included), which also keeps what arrived past the last
-    response: the injection check and the hand-over to the session use it."""
+    response: the injection check and the hand-over to the session use it. ``phase``
+    names the exchange in errors, which are ``error`` instances."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        phase: str = "STARTTLS",
+        error: type[UpstreamSetupError] = UpstreamTLSError,
+    ) -> None:
         self.stream = stream
         self.parser = ServerParser(MAX_NEGOTIATION_LINE)
+        self.phase = phase
+        self.error = error
 
     async def send(self, data: bytes) -> None:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise UpstreamTLSError(f"upstream connection lost during STARTTLS: {exc}") from exc
+            raise self.error(f"upstream connection lost during {self.phase}: {exc}") from exc
 
     async def response(self) -> tuple[Response, bytes]:
         """The next whole response: its first line's event, and all its bytes."""
@@ -323,11 +355,11 @@ class _Negotiation:
             try:
                 ev = self.parser.next_event()
             except ProtocolError as exc:
-                raise UpstreamTLSError(f"upstream broke IMAP framing: {exc.reason}") from exc
+                raise self.error(f"upstream broke IMAP framing: {exc.reason}") from exc
             if ev is NEED_DATA:
                 await self._receive()
             elif ev is CLOSED:
-                raise UpstreamTLSError("upstream closed the connection during STARTTLS")
+                raise self.error(f"upstream closed the connection during {self.phase}")
             elif isinstance(ev, LiteralData):
                 parts.append(ev.data)
             elif isinstance(ev, Response | ResponsePart):
@@ -336,14 +368,14 @@ class _Negotiation:
                 if ev.literal is None and not ev.partial and head is not None:
                     return head, b"".join(parts)
             if sum(map(len, parts)) > MAX_NEGOTIATION_LINE:  # the parser streams long lines
-                raise UpstreamTLSError("upstream sent an over-long line during STARTTLS")
-        raise UpstreamTLSError("upstream response without end during STARTTLS")
+                raise self.error(f"upstream sent an over-long line during {self.phase}")
+        raise self.error(f"upstream response without end during {self.phase}")
 
     async def _receive(self) -> None:
         try:
             data = await self.stream.receive_some(65536)
         except trio.BrokenResourceError as exc:
-            raise UpstreamTLSError(f"upstream connection lost during STARTTLS: {exc}") from exc
+            raise self.error(f"upstream connection lost during {self.phase}: {exc}") from exc
         self.parser.receive_data(data)  # b"": end of stream, reported as CLOSED
 
 

@@ -25,7 +25,7 @@ from imapproxy.net.streams import (
     CONNECTION_ERRORS,
     ClientTLSStarter,
     UpstreamConnector,
-    UpstreamTLSError,
+    UpstreamSetupError,
     tls_details,
 )
 from imapproxy.session.core import Session
@@ -132,8 +132,8 @@ class SessionDriver:
             except OSError as exc:
                 reason = "connect_refused"
                 detail = str(exc)
-            except UpstreamTLSError as exc:
-                reason = "tls"
+            except UpstreamSetupError as exc:  # STARTTLS, the client-IP ID exchange
+                reason = exc.reason
                 detail = str(exc)
             else:
                 tel.upstream_connected(time.monotonic() - t0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,8 @@ from pathlib import Path
 import trio
 
 from imapproxy.config.loader import Config, ConfigError, load_config
-from imapproxy.net.streams import CONNECTION_ERRORS, UpstreamConnector
+from imapproxy.net.client_ip import ClientOrigin
+from imapproxy.net.streams import CONNECTION_ERRORS
 from imapproxy.net.tls import (
     ClientSideTLS,
     TLSListener,
@@ -29,10 +29,11 @@ from imapproxy.net.tls import (
     client_side_tls,
     tls_listeners,
 )
-from imapproxy.net.upstream import make_upstream_connector
+from imapproxy.net.upstream import Dialer, make_upstream_dialer
 from imapproxy.policy import Policy, SessionFacts
 from imapproxy.server import sdnotify
 from imapproxy.server.driver import SessionContext, SessionDriver
+from imapproxy.server.proxy_in import ProxyAccept, receive_origin
 from imapproxy.session.settings import SessionSettings
 from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
@@ -64,7 +65,7 @@ class Proxy:
         self._settings, self._policy = self._session_settings(config)
         # TLS contexts are costly to build: once in serve(), again on SIGHUP (see _endpoints).
         self._client_tls = ClientSideTLS()
-        self._connect_upstream: UpstreamConnector | None = None
+        self._dial_upstream: Dialer | None = None
         self._tls_listeners: list[TLSListener] = []
 
     # --- configuration -----------------------------------------------------------------
@@ -97,7 +98,8 @@ class Proxy:
             listen_tls = None
             if old_tls is not None:
                 listen_tls = dataclasses.replace(new.listen_tls or old_tls, address=old_tls.address)
-            new = dataclasses.replace(new, listen=self.config.listen, listen_tls=listen_tls)
+            listen = dataclasses.replace(new.listen, address=self.config.listen.address)
+            new = dataclasses.replace(new, listen=listen, listen_tls=listen_tls)
             self._endpoints(new)
         except (ConfigError, TLSSetupError) as exc:
             log_event(log, "reload_failed", error=str(exc), level=logging.ERROR)
@@ -134,7 +136,8 @@ class Proxy:
     ) -> None:
         cfg = self.config
         self._endpoints(cfg)  # a TLSSetupError is an OSError: reported like a busy port
-        listeners = await trio.open_tcp_listeners(cfg.listen.port, host=cfg.listen.host)
+        address = cfg.listen.address
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
         named: list[tuple[trio.SocketListener | TLSListener, str]] = [
             (lst, "plain") for lst in listeners
         ]
@@ -178,10 +181,10 @@ class Proxy:
     def _endpoints(self, config: Config) -> None:
         """Build the upstream connector and client-facing TLS contexts (raises TLSSetupError)."""
         client_tls = client_side_tls(config.client_tls, config.listen_tls)
-        connect = None
+        dial = None
         if config.upstream is not None:
-            connect = make_upstream_connector(config.upstream, self.telemetry)
-        self._client_tls, self._connect_upstream = client_tls, connect
+            dial = make_upstream_dialer(config.upstream, self.telemetry)
+        self._client_tls, self._dial_upstream = client_tls, dial
         if client_tls.listen_context is not None:
             for lst in self._tls_listeners:
                 lst.context = client_tls.listen_context
@@ -213,10 +216,22 @@ class Proxy:
     ) -> None:
         tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            host, port = tcp.socket.getpeername()[:2]
+            origin = ClientOrigin.of_socket(tcp.socket)
         except OSError:
             await stream.aclose()
             return
+        accept = self._proxy_accept(listener)
+        if accept is not None:  # before anything else: the header names the client
+            carried = None
+            try:
+                carried = await receive_origin(tcp.socket, origin, accept, self.telemetry, listener)
+            finally:  # refused, or cancelled by a shutdown while waiting
+                if carried is None:
+                    await trio.aclose_forcefully(stream)
+            if carried is None:
+                return
+            origin = carried
+        peer = origin.client_text
         if self.active >= self.config.limits.max_sessions:
             with trio.move_on_after(2):
                 try:
@@ -230,14 +245,14 @@ class Proxy:
         driver: SessionDriver | None = None
         try:
             if isinstance(stream, trio.SSLStream) and not await accept_handshake(
-                stream, self.telemetry, f"{host}:{port}"
+                stream, self.telemetry, peer
             ):
                 return
-            driver = SessionDriver(self._context(host, listener), stream, f"{host}:{port}")
+            driver = SessionDriver(self._context(origin, listener), stream, peer)
             self._drivers.add(driver)
             await driver.run()
         except Exception:  # whatever went wrong, it ends this session, never the process
-            log.exception("session setup failed for %s:%s", host, port)
+            log.exception("session setup failed for %s", peer)
             with trio.move_on_after(2), contextlib.suppress(*CONNECTION_ERRORS):
                 await stream.aclose()
         finally:
@@ -247,17 +262,26 @@ class Proxy:
             if self.active == 0:
                 self._idle.set()
 
-    def _context(self, host: str, listener: str) -> SessionContext:
+    def _proxy_accept(self, listener: str) -> ProxyAccept | None:
+        """The listener's PROXY protocol settings (read per connection: a reload changes
+        ``trusted_networks`` for the next one)."""
         cfg = self.config
-        assert cfg.upstream is not None and self._connect_upstream is not None
+        lst = cfg.listen if listener == "plain" else cfg.listen_tls
+        if lst is None or not lst.proxy_protocol:
+            return None
+        return ProxyAccept(lst.trusted_networks, cfg.limits.proxy_header_timeout)
+
+    def _context(self, origin: ClientOrigin, listener: str) -> SessionContext:
+        cfg = self.config
+        assert cfg.upstream is not None and self._dial_upstream is not None
         settings = dataclasses.replace(
             self._settings,
-            client_ip=ipaddress.ip_address(host.split("%", 1)[0]),
+            client_ip=origin.client[0],  # the carried address when behind a balancer
             client_tls_active=listener == "tls",
         )
         return SessionContext(
             settings=settings,
-            connect_upstream=self._connect_upstream,
+            connect_upstream=self._dial_upstream(origin),
             telemetry=self.telemetry,
             listener=listener,
             connect_timeout=cfg.upstream.connect_timeout,

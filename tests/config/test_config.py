@@ -15,6 +15,7 @@ from imapproxy.config.loader import (
     ConfigError,
     ControlConfig,
     Limits,
+    Listen,
     LogConfig,
     MetricsConfig,
     TLSListen,
@@ -77,7 +78,7 @@ rules:
 def test_interface_example_loads(cwd: Path) -> None:
     config = load_config(write("c.yaml", INTERFACE_EXAMPLE))
     assert config == Config(
-        listen=Address("0.0.0.0", 143),
+        listen=Listen(Address("0.0.0.0", 143)),
         client_tls=ClientTLS(Path("cert.pem"), Path("key.pem")),
         upstream=Upstream(Address("mail.example.com", 143), tls="starttls"),
         metrics=MetricsConfig(Address("127.0.0.1", 9143)),
@@ -130,7 +131,7 @@ def test_relative_paths_resolve_against_config_dir(cwd: Path) -> None:
 def test_empty_file_is_all_defaults(cwd: Path) -> None:
     config = load_config(write("c.yaml", "# nothing configured yet\n"))
     assert config == Config(source=Path("c.yaml"))
-    assert config.listen == Address("0.0.0.0", 143)
+    assert config.listen == Listen(Address("0.0.0.0", 143))
     assert config.upstream is None
     assert config.metrics.address == Address("127.0.0.1", 9143)
     assert config.limits == Limits(65536, 1860.0, 30.0, 10000)
@@ -157,8 +158,8 @@ def test_every_section_value(cwd: Path) -> None:
             "limits: {max_line: 8192, idle_timeout: 1800, grace_period: 0, max_sessions: 5}\n",
         )
     )
-    assert config.listen == Address("::1", 1143)
-    assert str(config.listen) == "[::1]:1143"
+    assert config.listen == Listen(Address("::1", 1143))
+    assert str(config.listen.address) == "[::1]:1143"
     assert config.listen_tls == TLSListen(
         Address("127.0.0.1", 1993), Path("cert.pem"), Path("key.pem")
     )

@@ -51,7 +51,7 @@ async def proxy_factory(nursery: trio.Nursery, dovecot: Dovecot) -> ProxyFactory
         upstream = cfg.upstream or Upstream(address=Address(*dovecot.address))
         cfg = dataclasses.replace(
             cfg,
-            listen=Address("127.0.0.1", 0),
+            listen=dataclasses.replace(cfg.listen, address=Address("127.0.0.1", 0)),
             upstream=upstream,
             metrics=MetricsConfig(address=None),
         )

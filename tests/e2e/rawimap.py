@@ -13,9 +13,19 @@ _LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}\r\n\Z")
 
 
 class RawIMAP:
-    def __init__(self, address: tuple[str, int], timeout: float = 30.0) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        timeout: float = 30.0,
+        *,
+        source: str | None = None,  # e.g. "127.0.0.5": play a distinct client address
+        preamble: bytes = b"",  # sent before the greeting is read (a PROXY header)
+    ) -> None:
+        bind = None if source is None else (source, 0)
+        self.sock = socket.create_connection(address, timeout=timeout, source_address=bind)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if preamble:
+            self.sock.sendall(preamble)
         self._buf = bytearray()
         self.greeting = self.read_response()
 

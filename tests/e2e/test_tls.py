@@ -19,7 +19,15 @@ from typing import Literal
 import pytest
 import trio
 
-from imapproxy.config.loader import Address, ClientTLS, Config, MetricsConfig, TLSListen, Upstream
+from imapproxy.config.loader import (
+    Address,
+    ClientTLS,
+    Config,
+    Listen,
+    MetricsConfig,
+    TLSListen,
+    Upstream,
+)
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.metrics import Metrics
@@ -557,7 +565,7 @@ async def test_sighup_reload_serves_the_renewed_certificate(
 ) -> None:
     cert, key = pki.issue(tmp_path / "live")
     config = Config(
-        listen=Address("127.0.0.1", 0),
+        listen=Listen(Address("127.0.0.1", 0)),
         listen_tls=TLSListen(Address("127.0.0.1", 0), cert, key),
         client_tls=ClientTLS(cert, key),
         upstream=Upstream(Address(*dovecot.address)),

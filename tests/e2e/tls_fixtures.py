@@ -1,6 +1,7 @@
-"""TLS fixtures for the e2e tests: a trustme PKI, a log-event collector and a
-second session-wide Dovecot that insists on TLS (``ssl = required``,
-``disable_plaintext_auth = yes``) with a STARTTLS listener and an implicit-TLS listener.
+"""TLS fixtures for the e2e tests: a trustme PKI, a log-event collector, a second
+session-wide Dovecot that insists on TLS (``ssl = required``, ``disable_plaintext_auth =
+yes``) with a STARTTLS listener and an implicit-TLS listener, and a third for the client-IP
+tests (``edge_dovecot``).
 
 Import the ``*_fixture`` functions into a test module; tests ask for them by their
 fixture names (``pki``, ``tls_dovecot``, ``events``).
@@ -72,6 +73,27 @@ def tls_dovecot_fixture(
     when the binary is missing, and the proxy fixtures need it anyway.)"""
     server = Dovecot(
         tmp_path_factory.mktemp("dovecot-tls"), tls=TLSFiles(pki.cert, pki.key), require_tls=True
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", name="edge_dovecot")
+def edge_dovecot_fixture(
+    dovecot: Dovecot, pki: PKI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dovecot]:
+    """Dovecot for the client-IP tests: TLS (STARTTLS on ``address``, implicit on
+    ``tls_address``), a listener requiring a PROXY header (``haproxy_address``), and only
+    the proxy's 127.0.0.1 trusted to send ID x-originating-ip, so a client address
+    reaches ``rip=`` only through the proxy."""
+    server = Dovecot(
+        tmp_path_factory.mktemp("dovecot-edge"),
+        tls=TLSFiles(pki.cert, pki.key),
+        haproxy=True,
+        login_trusted_networks="127.0.0.1/32",
     )
     server.start()
     try:
