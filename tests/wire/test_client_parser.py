@@ -405,18 +405,51 @@ def test_malformed_line_with_sync_literal_expects_no_payload() -> None:
     assert events == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
 
 
-def test_line_cap_is_fatal_and_final() -> None:
+def test_long_line_streams_as_pieces() -> None:
+    # Issue 8 bug 8: servers accept lines over the cap (Dovecot: 110 KB UID SEARCH); the
+    # parser hands them out as pieces of at most max_line bytes, whatever the read split.
+    line = b"a UID SEARCH UID " + b"1," * 100 + b"2\r\n"
+    for chunks in ([line + b"b NOOP\r\n"], [bytes([x]) for x in line + b"b NOOP\r\n"]):
+        parser = ClientParser(max_line=64)
+        events = []
+        for chunk in chunks:
+            parser.receive_data(chunk)
+            got, _ = drain(parser)
+            events += got
+        first = events[0]
+        assert isinstance(first, Command) and first.partial and first.name == "UID SEARCH"
+        parts = events[1:-1]
+        assert all(isinstance(p, CommandPart) for p in parts)
+        assert [p.partial for p in parts] == [True] * (len(parts) - 1) + [False]
+        assert all(len(p.raw) <= 64 for p in [first, *parts])
+        assert first.raw + b"".join(p.raw for p in parts) == line
+        assert events[-1] == Command(b"b", "NOOP", b"b NOOP\r\n", None)
+
+
+def test_long_line_keeps_its_literal_announcement_whole() -> None:
     parser = ClientParser(max_line=64)
-    parser.receive_data(b"a LOGIN " + b"x" * 100 + b"\r\nb NOOP\r\n")
+    parser.receive_data(b"a APPEND " + b"x" * 200 + b" {3+}\r\nabc\r\n")
+    events, _ = drain(parser)
+    assert events[-3].literal is not None and events[-3].literal.size == 3
+    assert events[-2] == LiteralData(b"abc", True)
+
+
+def test_malformed_long_line_is_skipped_whole() -> None:
+    parser = ClientParser(max_line=64)
+    parser.receive_data(b"(" * 200 + b" {3+}\r\nabc\r\nb NOOP\r\n")
     with pytest.raises(ProtocolError) as info:
         parser.next_event()
-    assert info.value.fatal
-    assert parser.next_event() is CLOSED
+    assert not info.value.fatal
+    events, _ = drain(parser)
+    assert events == [Command(b"b", "NOOP", b"b NOOP\r\n", None)]
 
 
-def test_line_cap_without_line_end_is_fatal() -> None:
+def test_long_sasl_line_is_fatal() -> None:
     parser = ClientParser(max_line=64)
-    parser.receive_data(b"a" * 65)
+    parser.receive_data(b"a AUTHENTICATE PLAIN\r\n")
+    drain(parser)
+    parser.continuation_received()
+    parser.receive_data(b"x" * 200)
     with pytest.raises(ProtocolError) as info:
         parser.next_event()
     assert info.value.fatal
