@@ -243,13 +243,8 @@ class ClientParser:
 
     # -- events ---------------------------------------------------------------------
     def next_event(self) -> ClientEvent | _Sentinel:
-        while True:
-            ev = self._next()
-            if ev is not None:
-                return ev
-
-    def _next(self) -> ClientEvent | _Sentinel | None:
-        """One step: an event, or None when bytes were dropped and parsing goes on."""
+        if self._dropping:
+            return self._next_after_drop()
         state = self._state
         framer = self._framer
         if state is _State.LITERAL:
@@ -258,7 +253,7 @@ class ClientParser:
                 return self._starved()
             if data.last:
                 self._state = _State.COMMAND_REST
-            return None if self._dropping else data
+            return data
         if state is _State.WAIT_CONTINUATION or state is _State.WAIT_SERVER:
             return PAUSED
         if state is _State.CLOSED:
@@ -271,9 +266,6 @@ class ClientParser:
         if got is None:
             return self._starved()
         line, whole = got
-        if self._dropping:
-            self._drop_line(line, whole)
-            return None
         if state is _State.COMMAND:
             return self._command(line, whole)
         if state is _State.COMMAND_REST:
@@ -296,6 +288,28 @@ class ClientParser:
             return SaslResponse(line)
         self._state = _State.COMMAND  # IDLE_LINE: any line ends IDLE, as servers treat it
         return IdleDone(line)
+
+    def _next_after_drop(self) -> ClientEvent | _Sentinel:
+        """Consume the rest of a dropped command, then parse on (bounded: each round
+        consumes input or returns)."""
+        framer = self._framer
+        while self._dropping:
+            if self._state is _State.LITERAL:
+                data = framer.next_literal_data()
+                if data is None:
+                    return self._starved()
+                if data.last:
+                    self._state = _State.COMMAND_REST
+                continue
+            try:
+                got = framer.next_line()
+            except ProtocolError:
+                self._state = _State.CLOSED
+                raise
+            if got is None:
+                return self._starved()
+            self._drop_line(*got)
+        return self.next_event()
 
     def _drop_line(self, line: bytes, whole: bool) -> None:
         """Consume a line (piece) of a command being dropped, and the payload of the
