@@ -142,6 +142,7 @@ class _Command:
         "mailbox",
         "mechanism",
         "name",
+        "seq",
         "start",
         "tag",
         "user",
@@ -159,6 +160,7 @@ class _Command:
         self.mechanism: str | None = None
         self.log: str | None = None
         self.answered = False  # the proxy answered it; swallow the upstream's answer
+        self.seq = 0  # forwarding order (see Session._answer_in_order)
 
 
 class Session:
@@ -192,8 +194,10 @@ class Session:
         # in flight, credited to the command whose tagged answer closes them.
         self._response_bytes = 0
         # The proxy's own tagged answers that must wait for the server's answers to the
-        # commands forwarded before them: (tags still unanswered, tag, line).
-        self._local_queue: deque[tuple[set[bytes], bytes, bytes]] = deque()
+        # commands forwarded before them: (last forwarded seq, tag, line); tags counted.
+        self._local_queue: deque[tuple[int, bytes, bytes]] = deque()
+        self._queued_tags: dict[bytes, int] = {}
+        self._seq = 0  # commands forwarded so far
         self._deferred_starttls: _Command | None = None  # waits for earlier commands
         # Bytes queued behind a held command or waiting for ordering; above
         # ``backlog_limit`` the session stops parsing and reports ``client_paused``.
@@ -306,7 +310,7 @@ class Session:
             if ev.literal is not None or ev.partial:  # neither takes one: refuse, drop it
                 self._refuse_command(cmd, ev, b"BAD %s takes no arguments" % name.encode())
                 return
-            if self._awaited_tags():
+            if self._pending:
                 # The answer to STARTTLS changes the stream: decide it once every command
                 # sent before it has its answer (the parser reads nothing meanwhile).
                 self._deferred_starttls = cmd
@@ -340,7 +344,7 @@ class Session:
             raw = verdict.rewritten if verdict.rewritten is not None else ev.raw
         else:
             raw = ev.raw
-        self._pending[ev.tag] = cmd
+        self._track(cmd)
         if self.client.silent_continuation:
             raw = as_sync(raw)
         self._to_upstream(raw)
@@ -493,7 +497,7 @@ class Session:
             return
         if verdict.rewritten is not None:
             raw = verdict.rewritten
-        self._pending[cmd.tag] = cmd
+        self._track(cmd)
         self._send_segmented(cmd.tag, raw, live_tail=not complete)
         if complete:
             self._end_command()
@@ -551,7 +555,10 @@ class Session:
                 self._current = None
 
     def _answer(self, cmd: _Command, text: bytes) -> None:
-        self._answer_in_order(cmd.tag, cmd.tag + b" " + text + b"\r\n")
+        # A command already forwarded (AUTHENTICATE blocked mid-exchange) waits only for the
+        # commands forwarded before it.
+        after = cmd.seq - 1 if cmd.seq else self._seq
+        self._answer_in_order(cmd.tag, cmd.tag + b" " + text + b"\r\n", after)
         status = text.split(b" ", 1)[0].decode("ascii")
         self._out.notes.append(self._done_note(cmd, status, None, self._clock()))
 
@@ -585,7 +592,8 @@ class Session:
         if verdict.block is None:
             return False
         cmd.answered = True
-        self._pending.setdefault(cmd.tag, cmd)
+        if cmd.tag not in self._pending:
+            self._track(cmd)
         rule, message = verdict.block
         for r, a in verdict.matched:
             self._out.notes.append(RuleHit(r, a))
@@ -606,7 +614,7 @@ class Session:
         self._current = None
         self._discarding = True
         tag = exc.tag if exc.tag is not None else b"*"
-        self._answer_in_order(tag, tag + b" BAD " + exc.reason.encode() + b"\r\n")
+        self._answer_in_order(tag, tag + b" BAD " + exc.reason.encode() + b"\r\n", self._seq)
         if self._bad_streak >= MAX_CONSECUTIVE_BAD:
             self._out.to_client.append(b"* BYE Too many invalid commands\r\n")
             self._close("too many invalid commands")
@@ -757,14 +765,14 @@ class Session:
         True if that resumed the client parser."""
         queue = self._local_queue
         if queue:
-            for waiting, _, _ in queue:
-                waiting.discard(tag)
-            while queue and not queue[0][0]:
-                _, _, line = queue.popleft()
+            oldest = self._oldest_in_flight()
+            while queue and queue[0][0] < oldest:
+                _, qtag, line = queue.popleft()
+                self._untrack_queued(qtag)
                 self._backlog -= len(line)
                 self._out.to_client.append(line)
         starttls = self._deferred_starttls
-        if starttls is not None and not self._awaited_tags():
+        if starttls is not None and not self._pending:
             self._deferred_starttls = None
             self._current = starttls
             self._answer_locally_special(starttls)
@@ -813,24 +821,36 @@ class Session:
                 self._after_dance = queued[i + 1 :]
                 return
 
-    def _awaited_tags(self) -> set[bytes]:
-        """Tags of forwarded commands whose answer the client has not had yet."""
-        return {tag for tag, c in self._pending.items() if not c.answered}
+    def _track(self, cmd: _Command) -> None:
+        """``cmd`` goes upstream: in flight until its tagged answer."""
+        self._seq += 1
+        cmd.seq = self._seq
+        self._pending.pop(cmd.tag, None)  # (a duplicate without rules) keep forwarding order
+        self._pending[cmd.tag] = cmd
 
     def _tag_in_flight(self, tag: bytes) -> bool:
-        if tag in self._pending:
-            return True
-        return any(t == tag for _, t, _ in self._local_queue)
+        return tag in self._pending or tag in self._queued_tags
 
-    def _answer_in_order(self, tag: bytes, line: bytes) -> None:
-        """Send one of the proxy's own answers after the server's answers to every command
-        forwarded before it (servers answer in order; so does the proxy)."""
-        waiting = self._awaited_tags() if self._pending else None
-        if waiting or self._local_queue:
-            self._local_queue.append((waiting or set(), tag, line))
+    def _oldest_in_flight(self) -> int:
+        # _pending keeps forwarding order: its first entry is the oldest unanswered.
+        return next(iter(self._pending.values())).seq if self._pending else self._seq + 1
+
+    def _answer_in_order(self, tag: bytes, line: bytes, after: int) -> None:
+        """Send one of the proxy's own answers once the server has answered every command
+        forwarded up to number ``after`` (servers answer in order; so does the proxy)."""
+        if self._local_queue or self._oldest_in_flight() <= after:
+            self._local_queue.append((after, tag, line))
+            self._queued_tags[tag] = self._queued_tags.get(tag, 0) + 1
             self._backlog += len(line)
         else:
             self._out.to_client.append(line)
+
+    def _untrack_queued(self, tag: bytes) -> None:
+        left = self._queued_tags[tag] - 1
+        if left:
+            self._queued_tags[tag] = left
+        else:
+            del self._queued_tags[tag]
 
     def _done_note(self, cmd: _Command, status: str, code: str | None, now: float) -> CommandDone:
         return CommandDone(
