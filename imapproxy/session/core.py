@@ -266,8 +266,9 @@ class Session:
         ruled = self.policy is not None
         parser.confirm_literals = ruled if confirm is None else confirm
         parser.barrier_commands = STATE_CHANGING if ruled else _NO_BARRIER
+        limit = self.backlog_limit
         while self.closed is None:
-            if self._backlog >= self.backlog_limit:
+            if self._backlog >= limit:
                 self._stalled = True  # the rest stays in the framer until the queue drains
                 return
             try:

@@ -585,3 +585,44 @@ def test_tagged_answer_after_continuation_ends_the_exchange(first: bytes) -> Non
     assert parser.command_finished(b"a")
     events, _ = feed(parser, b"b DELETE INBOX\r\n")
     assert events == [Command(b"b", "DELETE", b"b DELETE INBOX\r\n", None)]
+
+
+def test_answered_confirmed_literal_payload_is_dropped_with_the_rest_of_the_command() -> None:
+    # Issue 8 bug 2: the server answered before the "+" that confirms a {n+}; the client
+    # sent the payload anyway: it is the command's data, never commands.
+    parser = ClientParser()
+    parser.confirm_literals = True
+    parser.receive_data(b"b APPEND X {3+}\r\nabc def {14+}\r\nx DELETE Arc\r\n\r\nc NOOP\r\n")
+    events, end = drain(parser)
+    assert end is PAUSED and parser.silent_continuation
+    assert parser.command_finished(b"b")
+    events, _ = drain(parser)
+    assert events == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
+
+
+def test_answered_sync_literal_expects_no_payload() -> None:
+    parser = ClientParser()
+    parser.confirm_literals = True
+    parser.receive_data(b"b APPEND X {3}\r\nc NOOP\r\n")
+    drain(parser)
+    assert parser.command_finished(b"b")
+    events, _ = drain(parser)
+    assert events == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_barrier_command_waits_for_its_answer(bytewise: bool) -> None:
+    data = b"a LOGIN {3+}\r\nbob pw\r\nb DELETE X\r\n"
+    parser = ClientParser()
+    parser.barrier_commands = frozenset({"LOGIN"})
+    events: list[object] = []
+    for chunk in [bytes([x]) for x in data] if bytewise else [data]:
+        parser.receive_data(chunk)
+        got, end = drain(parser)
+        events += got
+    assert end is PAUSED and parser.waiting_tag == b"a"
+    assert not any(isinstance(e, Command) and e.tag == b"b" for e in events)
+    assert not parser.command_finished(b"x")  # another tag's answer does not resume it
+    assert parser.command_finished(b"a")
+    got, _ = drain(parser)
+    assert got == [Command(b"b", "DELETE", b"b DELETE X\r\n", None)]
