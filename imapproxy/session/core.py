@@ -790,8 +790,13 @@ class Session:
                 LoginDone(cmd.mechanism or "LOGIN", "ok" if ok else "failed", cmd.user)
             )
         elif name in ("SELECT", "EXAMINE"):
-            # A failed SELECT leaves no mailbox selected (RFC 9051 6.3.2).
-            self.selected = cmd.mailbox if ok else None
+            # A failed SELECT leaves no mailbox selected (RFC 9051 6.3.2): NO. After BAD the
+            # server may still have the old one (Dovecot keeps it after a line-level syntax
+            # error, drops it after an argument error): keep it, the stricter for rules.
+            if ok:
+                self.selected = cmd.mailbox
+            elif status != "BAD":
+                self.selected = None
         elif name in _DESELECTING and ok:
             self.selected = None
 

@@ -140,6 +140,27 @@ async def test_pipelined_login_then_delete_is_judged_as_that_user(
     await trio.to_thread.run_sync(run)
 
 
+async def test_select_refused_with_bad_keeps_the_archive_protected(
+    dovecot: Dovecot, proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    # Found by the property test: Dovecot answers a line-level syntax error in SELECT with
+    # BAD and keeps the old mailbox selected; the session must not think it deselected.
+    proxy = await _ruled(proxy_factory, tmp_path)
+    a = new_account(dovecot)
+    _seed_archive(dovecot, a)
+
+    def run() -> None:
+        with RawIMAP(proxy.address) as c:
+            _login(c, a)
+            assert c.command(b"s", b"SELECT Archive")[-1].startswith(b"s OK")
+            assert c.command(b"b", b'SELECT "unterminated')[-1].startswith(b"b BAD")
+            assert c.command(b"x", b"STORE 1:* +FLAGS (\\Deleted)")[-1].startswith(b"x NO [arch")
+            assert c.command(b"y", b"EXPUNGE")[-1].startswith(b"y NO [archive")
+        _archive_intact(dovecot, a, 3)
+
+    await trio.to_thread.run_sync(run)
+
+
 # --- bug 4 ---------------------------------------------------------------------------------
 @SPLITS
 async def test_duplicate_tag_does_not_lose_the_selection(

@@ -157,6 +157,23 @@ def test_close_then_store_is_judged_after_close() -> None:
     assert r.up.endswith(b"x STORE 1 +FLAGS (\\Seen)\r\n")
 
 
+def test_select_answered_bad_keeps_the_previous_selection() -> None:
+    # Dovecot keeps the old mailbox after a line-level syntax error (BAD); NO deselects.
+    r = Run()
+    r.c(b"a LOGIN u p\r\n")
+    r.s(b"a OK\r\n")
+    r.c(b"s SELECT Archive\r\n")
+    r.s(b"s OK\r\n")
+    r.c(b'b SELECT "unterminated\r\n')
+    r.s(b"b BAD Missing '\"'\r\n")
+    assert r.session.selected == "Archive"
+    r.c(b"x EXPUNGE\r\n")
+    assert b"EXPUNGE" not in r.up
+    r.c(b"c SELECT NoSuch\r\n")
+    r.s(b"c NO Mailbox doesn't exist\r\n")
+    assert r.session.selected is None
+
+
 def test_pass_through_keeps_full_pipelining() -> None:
     r = Run(rules=None)
     data = b"a LOGIN erin pw\r\ns SELECT Archive\r\nb DELETE Doomed\r\n"

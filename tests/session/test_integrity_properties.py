@@ -24,6 +24,8 @@ from imapproxy.policy import SessionFacts
 from imapproxy.session.core import Session, SessionSettings
 from imapproxy.wire import NEED_DATA, PAUSED, ClientParser, Command, CommandPart, LiteralData
 from imapproxy.wire.literals import as_sync
+from imapproxy.wire.sasl import login_user
+from imapproxy.wire.tokens import parse_command
 
 from .test_integrity import RULES, compile_rules
 
@@ -47,6 +49,8 @@ _SIMPLE = [
     b"DELETE Archive",
     b"NOOP",
     b"FETCH 1 FLAGS",
+    b"LOGIN {4+}\r\nerin pw",  # literals in state-changing commands
+    b"SELECT {7+}\r\nArchive",
 ]
 
 
@@ -135,7 +139,7 @@ class FakeServer:
 
     def _complete(self) -> None:
         raw = b"".join(self.current)
-        name = raw.split(b" ")[1].decode().upper()
+        name = parse_command(raw).name.upper()
         facts = SessionFacts(IP, self.user, self.selected)
         if name != "LOGIN" and POLICY.decide(facts, name, raw, True).block is not None:
             self.violations.append(f"{raw!r} reached the server as {self.user}/{self.selected}")
@@ -149,20 +153,28 @@ class FakeServer:
                 self.parser.continuation_received()
                 out = b"+ go\r\n"
             else:
+                status = self.data.draw(st.sampled_from(["NO", "BAD"]), label="refusal")
                 self.parser.command_finished(tag)
-                out = tag + b" NO [TRYCREATE] refused\r\n"
+                self._after(self.current[0], status)
+                out = tag + b" " + status.encode() + b" [TRYCREATE] refused\r\n"
             self._drain()
             return out
         status = self.data.draw(st.sampled_from(["OK", "OK", "NO", "BAD"]), label="status")
-        words = raw.split()
-        name = words[1].upper()
+        self._after(raw, status)
+        return tag + b" " + status.encode() + b" done\r\n"
+
+    def _after(self, raw: bytes, status: str) -> None:
+        """State after the answer, as RFC 9051 has it: SELECT's NO deselects; after BAD the
+        old mailbox may stay selected (Dovecot keeps it after a line-level syntax error)."""
+        parsed = parse_command(raw) if status == "OK" else None
+        name = raw.split()[1].upper()
         if name == b"LOGIN" and status == "OK":
-            self.user = words[2].decode()
-        elif name in (b"SELECT", b"EXAMINE"):
-            self.selected = words[2].decode() if status == "OK" else None
+            self.user = login_user(raw)
+        elif name in (b"SELECT", b"EXAMINE") and status != "BAD":
+            box = parsed.args[0].astring() if parsed is not None else None
+            self.selected = box.decode() if box is not None else None
         elif name == b"CLOSE" and status == "OK":
             self.selected = None
-        return tag + b" " + status.encode() + b" done\r\n"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
