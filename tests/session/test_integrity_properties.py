@@ -49,6 +49,12 @@ _SIMPLE = [
     b"DELETE Archive",
     b"NOOP",
     b"FETCH 1 FLAGS",
+    b"UNSELECT",
+    b"EXAMINE INBOX",
+    b"UID STORE 1 +FLAGS (\\Seen)",
+    b"UID EXPUNGE 1",
+    b"COPY 1 Archive",
+    b"MOVE 1 {7+}\r\nArchive",
     b"LOGIN {4+}\r\nerin pw",  # literals in state-changing commands
     b"SELECT {7+}\r\nArchive",
 ]
@@ -173,7 +179,7 @@ class FakeServer:
         elif name in (b"SELECT", b"EXAMINE") and status != "BAD":
             box = parsed.args[0].astring() if parsed is not None else None
             self.selected = box.decode() if box is not None else None
-        elif name == b"CLOSE" and status == "OK":
+        elif name in (b"CLOSE", b"UNSELECT") and status == "OK":
             self.selected = None
 
 
