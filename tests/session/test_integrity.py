@@ -302,3 +302,31 @@ def test_starttls_pipelined_after_login_waits_and_is_refused() -> None:
     assert r.up == b"a LOGIN u p\r\n" and r.down == b""
     r.s(b"a OK\r\n")
     assert r.down == b"a OK\r\nt BAD STARTTLS is only valid before login\r\n"
+
+
+def test_every_nonsync_literal_of_a_command_is_confirmed_and_later_plus_reaches_client() -> None:
+    r = Run()
+    r.c(b"a APPEND INBOX {3+}\r\nabc {4+}\r\ndefg\r\ni IDLE\r\n")
+    assert r.up == b"a APPEND INBOX {3}\r\n"
+    r.s(b"+ go\r\n")
+    assert r.up == b"a APPEND INBOX {3}\r\nabc {4}\r\n"
+    r.s(b"+ go\r\n")
+    assert r.up == b"a APPEND INBOX {3}\r\nabc {4}\r\ndefg\r\ni IDLE\r\n"
+    assert r.down == b""  # both "+" confirmed the client's {n+}
+    r.s(b"a OK appended\r\n+ idling\r\n")
+    assert r.down == b"a OK appended\r\n+ idling\r\n"  # IDLE's "+" is the client's
+
+
+def test_held_dance_is_aborted_only_by_its_own_tag() -> None:
+    rules = RULES + "- {name: st, action: block, when: {command: [STATUS], mailbox: Secret}}\n"
+    r = Run(rules)
+    r.c(b"f FETCH 1 FLAGS\r\ng STATUS {5+}\r\nINBOX (MESSAGES)\r\nn NOOP\r\n")
+    assert r.up == b"f FETCH 1 FLAGS\r\ng STATUS {5}\r\n"
+    r.s(b"f NO no\r\n")  # another command's answer: g's segments still wait for "+"
+    assert r.up == b"f FETCH 1 FLAGS\r\ng STATUS {5}\r\n"
+    r.s(b"+ go\r\n")
+    assert r.up == b"f FETCH 1 FLAGS\r\ng STATUS {5}\r\nINBOX (MESSAGES)\r\nn NOOP\r\n"
+    r.c(b"h STATUS {6+}\r\nSecret (MESSAGES)\r\n")
+    assert b"h NO" not in r.down  # blocked, its answer waits for g's and n's
+    r.s(b"g OK\r\nn OK\r\n")
+    assert r.down.startswith(b"f NO no\r\ng OK\r\nn OK\r\nh NO [st]")

@@ -626,3 +626,57 @@ def test_barrier_command_waits_for_its_answer(bytewise: bool) -> None:
     assert parser.command_finished(b"a")
     got, _ = drain(parser)
     assert got == [Command(b"b", "DELETE", b"b DELETE X\r\n", None)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CAPABILITY",
+        "CHECK",
+        "CLOSE",
+        "EXPUNGE",
+        "IDLE",
+        "LOGOUT",
+        "NAMESPACE",
+        "NOOP",
+        "STARTTLS",
+        "UNAUTHENTICATE",
+        "UNSELECT",
+    ],
+)
+def test_literal_on_a_command_without_arguments_is_refused(name: str) -> None:
+    # Servers skip what follows these names and run the "payload" as a command.
+    parser = ClientParser()
+    parser.receive_data(b"a %s {14+}\r\nb DELETE Arch\r\n\r\nc NOOP\r\n" % name.encode())
+    with pytest.raises(ProtocolError) as info:
+        parser.next_event()
+    assert not info.value.fatal and info.value.tag == b"a"
+    events, _ = drain(parser)
+    assert events[-1] == Command(b"c", "NOOP", b"c NOOP\r\n", None)
+    assert not any(isinstance(e, Command) and e.tag == b"b" for e in events)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"a SELECT foo{5+}\r\n", b'a SELECT "foo {5+}\r\n', b'a LOGIN u"p {5+}\r\n'],
+    ids=["glued-to-atom", "inside-open-quote", "after-quote-char"],
+)
+def test_misplaced_literal_is_refused(line: bytes) -> None:
+    parser = ClientParser()
+    parser.receive_data(line + b"x1 X\r\nc NOOP\r\n")
+    with pytest.raises(ProtocolError) as info:
+        parser.next_event()
+    assert not info.value.fatal
+    events, _ = drain(parser)  # the announced payload is skipped, never a command
+    commands = [e for e in events if isinstance(e, Command)]
+    assert commands == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
+
+
+def test_default_line_cap_is_64_kib() -> None:
+    at_cap = b"a NOOP " + b"x" * (65536 - 9) + b"\r\n"
+    assert len(at_cap) == 65536
+    parser = ClientParser()
+    parser.receive_data(at_cap + b"x" + at_cap)
+    first, rest = parser.next_event(), parser.next_event()
+    assert isinstance(first, Command) and not first.partial and first.raw == at_cap
+    assert isinstance(rest, Command) and rest.partial  # one byte over: pieces
