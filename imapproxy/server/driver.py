@@ -270,6 +270,8 @@ class SessionDriver:
             self._observe(out)
         if out.start_client_tls and out.close is None:
             await self._execute(self.session.client_tls_started())
+            if not self.session.client_paused:  # STARTTLS may be answered by this pump
+                self._resume.set()
         if out.close is not None:
             self.close_reason = out.close
             raise _SessionOver

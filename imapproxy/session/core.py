@@ -32,7 +32,32 @@ Couplings between directions, all resolved here:
   error or a command's last argument, and runs the "payload" as a command). While rules are
   in force, each ``{n+}`` is therefore forwarded as ``{n}`` and the client parser waits
   for the server's ``+`` (consumed, not relayed): the server decides, and a payload it
-  would run as a command is read by the proxy as a command too, and checked.
+  would run as a command is read by the proxy as a command too, and checked. When the
+  server answers such a command instead of sending ``+`` (APPEND to a missing mailbox),
+  the payload the client already sent is that command's data: the parser drops it.
+
+Integrity rules with a policy in force (issue 8):
+
+* State barrier: after a command that changes what rules judge by (``STATE_CHANGING``:
+  LOGIN, AUTHENTICATE, SELECT, EXAMINE, CLOSE, UNSELECT, ENABLE, ...), the next command is
+  not read until its tagged answer, so ``a LOGIN erin pw`` + ``b DELETE x`` in one write is
+  judged as erin, and STORE after ``SELECT Archive`` with Archive selected. Costs one round
+  trip per such command when the client pipelines; pure pass-through keeps full pipelining.
+* Duplicate tags: a command whose tag is still in flight is answered ``BAD Duplicate tag in
+  flight`` and never forwarded (its ``{n+}`` payload read and dropped): the in-flight model
+  is keyed by tag and rules read its outcome. Without rules the server decides.
+* Bounded backlog: bytes queued behind a held command (``_after_dance``) and proxy answers
+  waiting for their turn count in ``backlog``; at ``backlog_limit`` (``max_line``) the session
+  stops parsing and reports ``client_paused``, so the driver stops reading the client.
+* Long lines stream as pieces; one whose arguments a rule or the session needs (held,
+  observed: LOGIN, SELECT, EXAMINE, AUTHENTICATE) is answered ``BAD [TOOBIG]`` and skipped.
+
+Always:
+
+* Answer order: the proxy's own tagged answers (blocks, BAD, ...) wait until every command
+  forwarded before them has its server answer, so the client sees answers in order.
+* STARTTLS is answered after the commands before it, and only before login (``BAD``
+  once authenticated, RFC 9051 6.2.1); between its OK and the handshake ``client_paused``.
 """
 
 from __future__ import annotations
@@ -79,6 +104,23 @@ from imapproxy.wire.tokens import TokenError, parse_command
 __all__ = ["MAX_CONSECUTIVE_BAD", "Session", "SessionSettings"]
 
 MAX_CONSECUTIVE_BAD = 10
+# Commands whose outcome changes the facts rules judge later commands by (user, selected
+# mailbox, UTF-8 names): with rules in force, the client parser reads no further command
+# until their tagged answer (see "state barrier" in the module docstring).
+STATE_CHANGING = frozenset(
+    {
+        "LOGIN",
+        "AUTHENTICATE",
+        "UNAUTHENTICATE",
+        "SELECT",
+        "EXAMINE",
+        "CLOSE",
+        "UNSELECT",
+        "ENABLE",
+        "LOGOUT",
+    }
+)
+_NO_BARRIER: frozenset[str] = frozenset()
 # Commands whose arguments the session reads for itself (user, selected mailbox).
 _OBSERVED = frozenset({"LOGIN", "SELECT", "EXAMINE"})
 _DESELECTING = frozenset({"CLOSE", "UNSELECT"})
@@ -102,6 +144,7 @@ class _Command:
         "mailbox",
         "mechanism",
         "name",
+        "seq",
         "start",
         "tag",
         "user",
@@ -119,6 +162,7 @@ class _Command:
         self.mechanism: str | None = None
         self.log: str | None = None
         self.answered = False  # the proxy answered it; swallow the upstream's answer
+        self.seq = 0  # forwarding order (see Session._answer_in_order)
 
 
 class Session:
@@ -151,6 +195,17 @@ class Session:
         # Server bytes since the last tagged answer: the responses that answer command
         # in flight, credited to the command whose tagged answer closes them.
         self._response_bytes = 0
+        # The proxy's own tagged answers that must wait for the server's answers to the
+        # commands forwarded before them: (last forwarded seq, tag, line); tags counted.
+        self._local_queue: deque[tuple[int, bytes, bytes]] = deque()
+        self._queued_tags: dict[bytes, int] = {}
+        self._seq = 0  # commands forwarded so far
+        self._deferred_starttls: _Command | None = None  # waits for earlier commands
+        # Bytes queued behind a held command or waiting for ordering; above
+        # ``backlog_limit`` the session stops parsing and reports ``client_paused``.
+        self._backlog = 0
+        self._stalled = False  # parsing stopped on the backlog; resume when it drains
+        self._tls_starting = False  # STARTTLS answered OK; the handshake is the driver's
         self._caps = self._capability_filter()
 
     # === public API ====================================================================
@@ -160,8 +215,22 @@ class Session:
         return source() if source is not None else self.settings.policy
 
     @property
+    def backlog_limit(self) -> int:
+        return self.settings.max_line
+
+    @property
     def client_paused(self) -> bool:
-        return self.client.paused
+        """The driver must not read the client socket: the parser waits for the server, or
+        the bytes queued behind a held command reached ``backlog_limit`` (TCP backpressure
+        then holds the client; memory per session stays bounded)."""
+        if self._tls_starting:  # no plaintext read between STARTTLS's OK and the handshake
+            return True
+        return self.client.paused or self._backlog >= self.backlog_limit
+
+    @property
+    def backlog(self) -> int:
+        """Client bytes (and proxy answers) queued inside the session, not yet sent."""
+        return self._backlog
 
     def client_data(self, data: bytes | bytearray) -> Output:
         """Feed bytes from the client (``b""``: the client closed)."""
@@ -178,6 +247,7 @@ class Session:
     def client_tls_started(self) -> Output:
         """The driver finished the client-side TLS handshake after STARTTLS."""
         self.client_tls = True
+        self._tls_starting = False
         self._caps = self._capability_filter()
         self._drain_client()
         return self._take()
@@ -195,8 +265,14 @@ class Session:
         # Confirmed literals (module docstring) while rules are in force; pure pass-through
         # stays byte-exact.
         confirm = self.settings.confirm_literals
-        parser.confirm_literals = self.policy is not None if confirm is None else confirm
+        ruled = self.policy is not None
+        parser.confirm_literals = ruled if confirm is None else confirm
+        parser.barrier_commands = STATE_CHANGING if ruled else _NO_BARRIER
+        limit = self.backlog_limit
         while self.closed is None:
+            if self._backlog >= limit:
+                self._stalled = True  # the rest stays in the framer until the queue drains
+                return
             try:
                 ev = parser.next_event()
             except ProtocolError as exc:
@@ -226,9 +302,21 @@ class Session:
         cmd.bytes_in = len(ev.raw)
         self._current = cmd
         name = ev.name
+        policy = self.policy
+        if policy is not None and self._tag_in_flight(ev.tag):
+            # In-flight commands are keyed by tag: a second one would overwrite the first
+            # and the session would record the wrong outcome (a SELECT never seen), which
+            # rules then judge by. Without rules the server decides, as it would directly.
+            self._refuse_command(cmd, ev, b"BAD Duplicate tag in flight")
+            return
         if name == "STARTTLS" or name == "COMPRESS":
-            if ev.literal is not None:  # neither takes one: refuse, and drop its payload
-                self._refuse(cmd, ev.literal, b"BAD %s takes no literal" % name.encode())
+            if ev.literal is not None or ev.partial:  # neither takes one: refuse, drop it
+                self._refuse_command(cmd, ev, b"BAD %s takes no arguments" % name.encode())
+                return
+            if self._pending:
+                # The answer to STARTTLS changes the stream: decide it once every command
+                # sent before it has its answer (the parser reads nothing meanwhile).
+                self._deferred_starttls = cmd
                 return
             self._answer_locally_special(cmd)
             return
@@ -237,7 +325,11 @@ class Session:
             return
         if name == "AUTHENTICATE":
             self._start_authenticate(cmd, ev.raw)
-        policy = self.policy
+        if ev.partial and policy is not None and self._reads_arguments(policy, name):
+            # An over-long line whose arguments a rule or the session needs: never held
+            # whole (bounded memory); refused, the session goes on.
+            self._refuse_command(cmd, ev, _TOO_LONG)
+            return
         if policy is not None and policy.needs_arguments(name):
             self._held = [ev.raw]
             self._held_payload = 0
@@ -255,18 +347,32 @@ class Session:
             raw = verdict.rewritten if verdict.rewritten is not None else ev.raw
         else:
             raw = ev.raw
-        self._pending[ev.tag] = cmd
+        self._track(cmd)
         if self.client.silent_continuation:
             raw = as_sync(raw)
         self._to_upstream(raw)
-        if ev.literal is None:
+        if ev.literal is None and not ev.partial:
             self._end_command()
+
+    def _reads_arguments(self, policy: PolicyLike, name: str) -> bool:
+        return policy.needs_arguments(name) or name in _OBSERVED or name == "AUTHENTICATE"
+
+    def _refuse_command(self, cmd: _Command, ev: Command, text: bytes) -> None:
+        """Refuse the command just read; an over-long line's rest is dropped unread."""
+        if ev.partial:
+            self._answer(cmd, text)
+            self.client.drop_rest()
+            self._current = None
+        else:
+            self._refuse(cmd, ev.literal, text)
 
     def _on_command_part(self, ev: CommandPart) -> None:
         cmd = self._current
         if cmd is not None:
             cmd.bytes_in += len(ev.raw)
         if self._discarding:
+            if ev.partial:
+                return
             if ev.literal is None or ev.literal.sync:
                 # A sync literal of a discarded command is never sent: the client already
                 # has its tagged answer. Either way the discarded command ends here.
@@ -277,7 +383,15 @@ class Session:
                 self.client.continuation_received()  # a {n+} payload comes anyway: drop it
             return
         if self._held is not None:
+            if ev.partial:  # over-long: the held command is refused, never held whole
+                assert cmd is not None
+                self._held = None
+                self._answer(cmd, _TOO_LONG)
+                self.client.drop_rest()
+                self._current = None
+                return
             self._held.append(ev.raw)
+            self._held_payload += len(ev.raw)
             if ev.literal is None:
                 self._release_held(complete=True)
             else:
@@ -286,7 +400,7 @@ class Session:
         if cmd is not None and cmd.capture is not None:
             self._capture(cmd, ev.raw)
         self._to_upstream(as_sync(ev.raw) if self.client.silent_continuation else ev.raw)
-        if ev.literal is None:
+        if ev.literal is None and not ev.partial:
             self._end_command()
 
     def _client_payload(self, data: bytes) -> None:
@@ -386,7 +500,7 @@ class Session:
             return
         if verdict.rewritten is not None:
             raw = verdict.rewritten
-        self._pending[cmd.tag] = cmd
+        self._track(cmd)
         self._send_segmented(cmd.tag, raw, live_tail=not complete)
         if complete:
             self._end_command()
@@ -402,7 +516,9 @@ class Session:
         if live_tail and rest and not rest[-1]:
             rest = rest[:-1]
         if self._dance:  # another held command is mid-dance: queue this one whole behind it
-            self._after_dance.append((tag, [segments[0], *rest]))
+            queued = [segments[0], *rest]
+            self._after_dance.append((tag, queued))
+            self._backlog += sum(len(x) for x in queued)
             return
         self._to_upstream(segments[0])
         if rest:
@@ -442,14 +558,17 @@ class Session:
                 self._current = None
 
     def _answer(self, cmd: _Command, text: bytes) -> None:
-        self._out.to_client.append(cmd.tag + b" " + text + b"\r\n")
+        # A command already forwarded (AUTHENTICATE blocked mid-exchange) waits only for the
+        # commands forwarded before it.
+        after = cmd.seq - 1 if cmd.seq else self._seq
+        self._answer_in_order(cmd.tag, cmd.tag + b" " + text + b"\r\n", after)
         status = text.split(b" ", 1)[0].decode("ascii")
         self._out.notes.append(self._done_note(cmd, status, None, self._clock()))
 
     def _answer_locally_special(self, cmd: _Command) -> None:
         if cmd.name == "COMPRESS":
             self._answer(cmd, b"NO [CANNOT] COMPRESS is not available through this proxy")
-        elif self.settings.offer_starttls and not self.client_tls:
+        elif self.settings.offer_starttls and not self.client_tls and self.user is None:
             try:
                 self.client.start_tls()
             except ProtocolError as exc:
@@ -457,6 +576,9 @@ class Session:
                 return
             self._answer(cmd, b"OK Begin TLS negotiation now")
             self._out.start_client_tls = True
+            self._tls_starting = True
+        elif self.user is not None:  # RFC 9051 6.2.1: not-authenticated state only
+            self._answer(cmd, b"BAD STARTTLS is only valid before login")
         elif self.client_tls:
             self._answer(cmd, b"BAD TLS is already active")
         else:
@@ -473,7 +595,8 @@ class Session:
         if verdict.block is None:
             return False
         cmd.answered = True
-        self._pending.setdefault(cmd.tag, cmd)
+        if cmd.tag not in self._pending:
+            self._track(cmd)
         rule, message = verdict.block
         for r, a in verdict.matched:
             self._out.notes.append(RuleHit(r, a))
@@ -494,7 +617,7 @@ class Session:
         self._current = None
         self._discarding = True
         tag = exc.tag if exc.tag is not None else b"*"
-        self._out.to_client.append(tag + b" BAD " + exc.reason.encode() + b"\r\n")
+        self._answer_in_order(tag, tag + b" BAD " + exc.reason.encode() + b"\r\n", self._seq)
         if self._bad_streak >= MAX_CONSECUTIVE_BAD:
             self._out.to_client.append(b"* BYE Too many invalid commands\r\n")
             self._close("too many invalid commands")
@@ -530,8 +653,12 @@ class Session:
             else:
                 self._response_bytes += len(ev.raw)  # type: ignore[union-attr]
                 resumed |= self._on_response(ev)  # type: ignore[arg-type]
-        if resumed and not self.client.paused:
-            self._drain_client()
+        if resumed or self._stalled:
+            if self.client_paused:
+                self._stalled = True  # parse on once the backlog drains
+            else:
+                self._stalled = False
+                self._drain_client()
 
     def _on_response(self, ev: Response) -> bool:
         """Handle a response's first line; True if it resumed the client parser."""
@@ -624,7 +751,7 @@ class Session:
             self._flush_after_dance()
         resumed = self.client.command_finished(tag)
         if cmd is not None and cmd.answered:
-            return resumed  # the proxy answered the client already
+            return self._after_tagged(tag) or resumed  # the proxy answered the client already
         status = ev.word
         raw = ev.raw
         code = _response_code(raw)
@@ -639,7 +766,26 @@ class Session:
         if policy is not None and policy.rewrites_responses():
             raw = policy.rewrite_status_text(raw) or raw  # upstream names in error texts
         out.to_client.append(raw)
-        return resumed
+        return self._after_tagged(tag) or resumed
+
+    def _after_tagged(self, tag: bytes) -> bool:
+        """Release the proxy's answers that waited for ``tag``, then a deferred STARTTLS.
+        True if that resumed the client parser."""
+        queue = self._local_queue
+        if queue:
+            oldest = self._oldest_in_flight()
+            while queue and queue[0][0] < oldest:
+                _, qtag, line = queue.popleft()
+                self._untrack_queued(qtag)
+                self._backlog -= len(line)
+                self._out.to_client.append(line)
+        starttls = self._deferred_starttls
+        if starttls is not None and not self._pending:
+            self._deferred_starttls = None
+            self._current = starttls
+            self._answer_locally_special(starttls)
+            return True
+        return False
 
     def _after_completion(self, cmd: _Command, status: str) -> None:
         name = cmd.name
@@ -651,8 +797,13 @@ class Session:
                 LoginDone(cmd.mechanism or "LOGIN", "ok" if ok else "failed", cmd.user)
             )
         elif name in ("SELECT", "EXAMINE"):
-            # A failed SELECT leaves no mailbox selected (RFC 9051 6.3.2).
-            self.selected = cmd.mailbox if ok else None
+            # A failed SELECT leaves no mailbox selected (RFC 9051 6.3.2): NO. After BAD the
+            # server may still have the old one (Dovecot keeps it after a line-level syntax
+            # error, drops it after an argument error): keep it, the stricter for rules.
+            if ok:
+                self.selected = cmd.mailbox
+            elif status != "BAD":
+                self.selected = None
         elif name in _DESELECTING and ok:
             self.selected = None
 
@@ -660,6 +811,7 @@ class Session:
     def _to_upstream(self, data: bytes) -> None:
         if self._dance:
             self._after_dance.append(data)
+            self._backlog += len(data)
         else:
             self._out.to_upstream.append(data)
 
@@ -671,14 +823,47 @@ class Session:
         for i, item in enumerate(queued):
             if not isinstance(item, tuple):
                 self._out.to_upstream.append(item)
+                self._backlog -= len(item)
                 continue
             tag, segments = item
+            self._backlog -= sum(len(x) for x in segments)
             self._out.to_upstream.append(segments[0])
             if len(segments) > 1:  # its own dance; what follows waits behind it again
                 self._dance.extend(segments[1:])
                 self._dance_tag = tag
                 self._after_dance = queued[i + 1 :]
                 return
+
+    def _track(self, cmd: _Command) -> None:
+        """``cmd`` goes upstream: in flight until its tagged answer."""
+        self._seq += 1
+        cmd.seq = self._seq
+        self._pending.pop(cmd.tag, None)  # (a duplicate without rules) keep forwarding order
+        self._pending[cmd.tag] = cmd
+
+    def _tag_in_flight(self, tag: bytes) -> bool:
+        return tag in self._pending or tag in self._queued_tags
+
+    def _oldest_in_flight(self) -> int:
+        # _pending keeps forwarding order: its first entry is the oldest unanswered.
+        return next(iter(self._pending.values())).seq if self._pending else self._seq + 1
+
+    def _answer_in_order(self, tag: bytes, line: bytes, after: int) -> None:
+        """Send one of the proxy's own answers once the server has answered every command
+        forwarded up to number ``after`` (servers answer in order; so does the proxy)."""
+        if self._local_queue or self._oldest_in_flight() <= after:
+            self._local_queue.append((after, tag, line))
+            self._queued_tags[tag] = self._queued_tags.get(tag, 0) + 1
+            self._backlog += len(line)
+        else:
+            self._out.to_client.append(line)
+
+    def _untrack_queued(self, tag: bytes) -> None:
+        left = self._queued_tags[tag] - 1
+        if left:
+            self._queued_tags[tag] = left
+        else:
+            del self._queued_tags[tag]
 
     def _done_note(self, cmd: _Command, status: str, code: str | None, now: float) -> CommandDone:
         return CommandDone(
@@ -736,6 +921,9 @@ class Session:
         out = self._out
         self._out = Output()
         return out
+
+
+_TOO_LONG = b"BAD [TOOBIG] Command line too long to check against the rules"
 
 
 def _response_code(raw: bytes) -> str | None:

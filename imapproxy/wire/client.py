@@ -20,13 +20,35 @@ would let a client smuggle a command past the policy as "SASL data" or "literal 
 that the server then executes as a command. The driver stops reading the socket while the
 parser is paused, so TCP backpressure holds the client.
 
+Three more rules keep the proxy's reading of the stream the server's (issue 8):
+
+* Refused confirmed literal. With ``confirm_literals`` a ``{n+}`` waits for the server's
+  ``+`` like ``{n}`` (the session forwards it as ``{n}``). If the command is answered
+  instead (``NO [TRYCREATE]`` to APPEND), the client has sent the payload anyway: those n
+  bytes, the rest of the command line and its further ``{n+}`` payloads are dropped, never
+  parsed as commands (a server reading the client's ``{n+}`` would have taken them as data).
+* State barrier. After a command named in ``barrier_commands`` (set by the session while
+  rules are in force: LOGIN, SELECT, ...) the parser waits (``PAUSED``) for its tagged
+  answer, so later commands are judged in the state the server reached; their bytes stay in
+  the framer and the driver stops reading (TCP backpressure).
+* Long lines. A line longer than ``max_line`` arrives as pieces: ``Command(partial=True)``,
+  then ``CommandPart(partial=True)`` pieces, then the final ``CommandPart`` (with the line's
+  literal announcement, kept whole). Memory stays bounded; the session decides whether such
+  a command may go on (``drop_rest`` drops what is left of one it refuses). SASL and IDLE
+  lines that long are fatal. Open quotes are not tracked across pieces: a literal that
+  follows one is still taken as a literal, which confirmed literals make safe (the server
+  sends no ``+``, so the payload is dropped).
+
 State transitions (``line`` = a complete line; ``lit`` = it announces a literal):
 
     COMMAND         line, no lit  -> COMMAND
-                    (WAIT_SERVER after AUTHENTICATE, IDLE, STARTTLS, COMPRESS)
+                    (WAIT_SERVER after AUTHENTICATE, IDLE, STARTTLS, COMPRESS and the
+                    barrier commands)
+    COMMAND         piece         -> COMMAND_REST (the line goes on)
     COMMAND         line, {n+}    -> LITERAL
     COMMAND         line, {n}     -> WAIT_CONTINUATION
     WAIT_CONTINUATION  +          -> LITERAL;   tagged answer -> COMMAND
+                       (tagged answer to a confirmed {n+}: LITERAL, dropping to the end)
     LITERAL         payload done  -> COMMAND_REST
     COMMAND_REST    same as COMMAND for the line's end
     WAIT_SERVER     +             -> SASL_LINE (AUTHENTICATE) | IDLE_LINE (IDLE); tagged -> COMMAND
@@ -119,6 +141,7 @@ _AFTER_CONTINUATION = (_State.SASL_LINE, _State.IDLE_LINE)
 
 class ClientParser:
     __slots__ = (
+        "_dropping",
         "_framer",
         "_name",
         "_pending_literal",
@@ -126,11 +149,14 @@ class ClientParser:
         "_state",
         "_tag",
         "_wait_next",
+        "barrier_commands",
         "confirm_literals",
     )
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
-        self._framer = Framer(max_line, split_long_lines=False)
+        # Over-long lines stream as pieces (bounded memory); the session decides whether a
+        # command may go on without the proxy seeing its whole line.
+        self._framer = Framer(max_line, split_long_lines=True)
         self._state = _State.COMMAND
         self._tag = b""  # the command being read (or waited for)
         self._name = ""
@@ -141,6 +167,14 @@ class ClientParser:
         # next bytes are payload or a command (see session.py, "confirmed literals").
         self.confirm_literals = False
         self._silent = False  # the awaited "+" answers a {n+}: the client expects none
+        # Commands after which the parser waits for the tagged answer before reading the
+        # next command: their outcome changes facts the policy judges later commands by
+        # (user, selected mailbox). Set by the session while rules are in force.
+        self.barrier_commands: frozenset[str] = frozenset()
+        # The command was answered before the "+" its {n+} payload waited for: the client
+        # sends that payload anyway; it and the rest of the command are consumed, never
+        # parsed as commands (see command_finished).
+        self._dropping = False
 
     # -- input ----------------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray) -> None:
@@ -173,12 +207,32 @@ class ClientParser:
 
     def command_finished(self, tag: bytes) -> bool:
         """The command ``tag`` got its tagged answer (from the server or the proxy itself).
-        Returns True if that resumed the parser."""
+        Returns True if that resumed the parser.
+
+        If the parser was waiting for the ``+`` that confirms a ``{n+}`` (confirmed
+        literals), the client has sent that payload already: it is the answered command's
+        data, so it and the rest of that command (further ``{n+}`` payloads included) are
+        read and dropped, never parsed as commands. A server that refuses a command before
+        its literal (APPEND to a missing mailbox: ``NO [TRYCREATE]``) would itself have read
+        those bytes as data, had the client's ``{n+}`` reached it.
+        """
         # Also after "+": a server that ends AUTHENTICATE or IDLE itself reads a command next.
         if tag == self._tag and (self.paused or self._state in _AFTER_CONTINUATION):
-            self._state = _State.COMMAND
+            if self._state is _State.WAIT_CONTINUATION and self._silent:
+                self._dropping = True
+                self._begin_literal(self._pending_literal)
+            else:
+                self._state = _State.COMMAND
             return True
         return False
+
+    def drop_rest(self) -> None:
+        """The session refused the command being read (e.g. an over-long line a rule needs
+        whole): the rest of it, ``{n+}`` payloads included, is read and dropped."""
+        if self._state in (_State.COMMAND_REST, _State.LITERAL):
+            self._dropping = True
+        elif self._state is _State.WAIT_CONTINUATION:  # its "+" never comes
+            self._state = _State.COMMAND
 
     def start_tls(self) -> None:
         """STARTTLS succeeded: plain-text parsing restarts on the TLS stream. Bytes the client
@@ -189,6 +243,8 @@ class ClientParser:
 
     # -- events ---------------------------------------------------------------------
     def next_event(self) -> ClientEvent | _Sentinel:
+        if self._dropping:
+            return self._next_after_drop()
         state = self._state
         framer = self._framer
         if state is _State.LITERAL:
@@ -209,38 +265,79 @@ class ClientParser:
             raise
         if got is None:
             return self._starved()
-        line = got[0]
+        line, whole = got
         if state is _State.COMMAND:
-            return self._command(line)
+            return self._command(line, whole)
         if state is _State.COMMAND_REST:
+            if not whole:  # a piece of an over-long line; the line goes on
+                return CommandPart(line, None, partial=True)
             literal = self._literal(line)
-            if literal is not None and not _literal_well_placed(line, 0):
+            if literal is not None and (
+                self._name in _NO_ARGUMENTS or not _literal_well_placed(line, 0)
+            ):
                 # Servers end the command at this syntax error and read what follows as a
                 # new command; so does the proxy, and checks it like any other.
                 literal = None
             self._after_line(literal)
             return CommandPart(line, literal)
+        if not whole:  # SASL data or IDLE's DONE: no reason to be long
+            self._state = _State.CLOSED
+            raise ProtocolError("line too long", fatal=True)
         if state is _State.SASL_LINE:
             self._state = _State.WAIT_SERVER
             return SaslResponse(line)
         self._state = _State.COMMAND  # IDLE_LINE: any line ends IDLE, as servers treat it
         return IdleDone(line)
 
-    def _command(self, line: bytes) -> Command | EmptyLine:
+    def _next_after_drop(self) -> ClientEvent | _Sentinel:
+        """Consume the rest of a dropped command, then parse on (bounded: each round
+        consumes input or returns)."""
+        framer = self._framer
+        while self._dropping:
+            if self._state is _State.LITERAL:
+                data = framer.next_literal_data()
+                if data is None:
+                    return self._starved()
+                if data.last:
+                    self._state = _State.COMMAND_REST
+                continue
+            try:
+                got = framer.next_line()
+            except ProtocolError:
+                self._state = _State.CLOSED
+                raise
+            if got is None:
+                return self._starved()
+            self._drop_line(*got)
+        return self.next_event()
+
+    def _drop_line(self, line: bytes, whole: bool) -> None:
+        """Consume a line (piece) of a command being dropped, and the payload of the
+        ``{n+}`` literals it announces; a ``{n}`` is never sent (the client has its answer)."""
+        if not whole:
+            return
+        literal = self._literal(line)
+        if literal is not None and not literal.sync:
+            self._begin_literal(literal.size)
+        else:
+            self._dropping = False
+            self._state = _State.COMMAND
+
+    def _command(self, line: bytes, whole: bool) -> Command | EmptyLine:
         if line == b"\r\n" or line == b"\n":
             return EmptyLine(line)
         m = _HEAD.match(line)
         if m is None:
             t = _TAG_ONLY.match(line)
             tag = t.group() if t is not None and line[t.end() : t.end() + 1] == b" " else None
-            self._skip_bad_command(line)
+            self._skip_bad_command(line, whole)
             raise ProtocolError("malformed command line", fatal=False, tag=tag)
         tag = m.group(1)
         name = m.group(2).decode("ascii").upper()
         if name == "UID":
             sub = _NAME.match(line, m.end() + 1)
             if sub is None:
-                self._skip_bad_command(line)
+                self._skip_bad_command(line, whole)
                 raise ProtocolError("UID needs a command", fatal=False, tag=tag)
             name = "UID " + sub.group(1).decode("ascii").upper()
         literal = self._literal(line)
@@ -250,10 +347,13 @@ class ClientParser:
             # The server would not read this as a literal (a command without arguments, a
             # "{" glued to an atom or inside an open quote) and would run the payload as a
             # command of its own. Never forwarded: answered BAD, the payload skipped.
-            self._skip_bad_command(line)
+            self._skip_bad_command(line, whole)
             raise ProtocolError("literal not allowed here", fatal=False, tag=tag)
         self._tag = tag
         self._name = name
+        if not whole:  # the first piece of an over-long line: the rest follows as parts
+            self._state = _State.COMMAND_REST
+            return Command(tag, name, line, None, partial=True)
         self._after_line(literal)
         return Command(tag, name, line, literal)
 
@@ -268,7 +368,11 @@ class ClientParser:
         if literal is None:
             wait_next = _WAITING_COMMANDS.get(self._name)
             if wait_next is None:
-                self._state = _State.COMMAND
+                if self._name in self.barrier_commands:
+                    self._state = _State.WAIT_SERVER  # until its tagged answer
+                    self._wait_next = None
+                else:
+                    self._state = _State.COMMAND
             else:
                 self._state = _State.WAIT_SERVER
                 self._wait_next = _State[wait_next] if wait_next else None
@@ -286,11 +390,15 @@ class ClientParser:
         else:
             self._state = _State.COMMAND_REST
 
-    def _skip_bad_command(self, line: bytes) -> None:
+    def _skip_bad_command(self, line: bytes, whole: bool = True) -> None:
         # A rejected line that announces a non-synchronising literal is followed by its
         # payload: consume it as the rest of a (rejected) command to stay in step. A
         # synchronising one is never sent, since the client gets BAD instead of "+".
         self._tag, self._name = b"", ""
+        if not whole:  # the rest of an over-long rejected line is dropped, not parsed
+            self._dropping = True
+            self._state = _State.COMMAND_REST
+            return
         literal = self._literal(line)
         if literal is not None and not literal.sync:
             self._begin_literal(literal.size)

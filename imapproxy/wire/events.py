@@ -43,14 +43,17 @@ class Command:
     name: str  # upper case; "UID FETCH" style for UID commands
     raw: bytes
     literal: LiteralHeader | None
+    partial: bool = False  # the first piece of an over-long line: CommandParts follow
 
 
 @dataclass(slots=True)
 class CommandPart:
-    """A command's text after a literal, up to CRLF or the next literal announcement."""
+    """A command's text after a literal, up to CRLF or the next literal announcement, or
+    the next piece of an over-long line (``partial``: the line goes on)."""
 
     raw: bytes
     literal: LiteralHeader | None
+    partial: bool = False
 
 
 @dataclass(slots=True)

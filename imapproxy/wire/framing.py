@@ -8,7 +8,9 @@ start (a synchronising client literal waits for the server's continuation reques
 Cost model: line ends are found with ``bytes.find`` (C speed) and a remembered scan offset,
 so a line drip-fed a byte at a time is scanned once; literal payload is handed out as slices,
 and when a read is all payload the received ``bytes`` object itself is handed out (no copy).
-Buffered input is capped: a line piece never exceeds ``max_line`` bytes.
+Buffered input is capped: a line never exceeds ``max_line`` bytes. With
+``split_long_lines`` a longer line is handed out as pieces (the last one keeps the line's
+end and any literal announcement whole); without it, it is a fatal ``LineTooLong``.
 """
 
 from __future__ import annotations
@@ -110,8 +112,15 @@ class Framer:
             self._consume(cut)
             return piece, False
         end = idx + 1
-        if end - pos > self._max_line and not self._split:
-            raise LineTooLong(self._max_line)
+        if end - pos > self._max_line:
+            if not self._split:
+                raise LineTooLong(self._max_line)
+            # Cut even when the line end is at hand, so a long line arrives as the same
+            # kind of pieces however the peer's writes split it.
+            cut = min(pos + self._max_line, end - _TAIL_KEEP)
+            piece = bytes(buf[pos:cut])
+            self._consume(cut)
+            return piece, False
         line = buf[pos:end]
         self._consume(end)
         return (line if isinstance(line, bytes) else bytes(line)), True

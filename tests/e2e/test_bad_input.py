@@ -61,16 +61,18 @@ async def test_garbage_line_gets_bad_and_session_goes_on(
     assert any(r.getMessage() == "protocol_error" for r in no_tracebacks.records)
 
 
-async def test_oversized_line_gets_bye_and_close(
+async def test_oversized_line_is_judged_by_the_server(
     dovecot: Dovecot, proxy: RunningProxy, no_tracebacks: pytest.LogCaptureFixture
 ) -> None:
+    # Lines longer than the proxy's cap stream through as pieces (issue 8, bug 8): the
+    # server, not the proxy, refuses this one (Dovecot: "Input buffer full").
     def run() -> bytes:
         with RawIMAP(proxy.address) as c:
             c.send(b"t1 NOOP " + b"x" * (70 * 1024))
             return _read_all(c.sock)
 
     reply = await trio.to_thread.run_sync(run)
-    assert reply.startswith(b"* BYE line longer than 65536 bytes")
+    assert reply.startswith(b"* BYE ") and b"line longer than" not in reply
     await trio.to_thread.run_sync(_healthy_session, proxy, dovecot)
 
 

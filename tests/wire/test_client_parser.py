@@ -405,18 +405,51 @@ def test_malformed_line_with_sync_literal_expects_no_payload() -> None:
     assert events == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
 
 
-def test_line_cap_is_fatal_and_final() -> None:
+def test_long_line_streams_as_pieces() -> None:
+    # Issue 8 bug 8: servers accept lines over the cap (Dovecot: 110 KB UID SEARCH); the
+    # parser hands them out as pieces of at most max_line bytes, whatever the read split.
+    line = b"a UID SEARCH UID " + b"1," * 100 + b"2\r\n"
+    for chunks in ([line + b"b NOOP\r\n"], [bytes([x]) for x in line + b"b NOOP\r\n"]):
+        parser = ClientParser(max_line=64)
+        events = []
+        for chunk in chunks:
+            parser.receive_data(chunk)
+            got, _ = drain(parser)
+            events += got
+        first = events[0]
+        assert isinstance(first, Command) and first.partial and first.name == "UID SEARCH"
+        parts = events[1:-1]
+        assert all(isinstance(p, CommandPart) for p in parts)
+        assert [p.partial for p in parts] == [True] * (len(parts) - 1) + [False]
+        assert all(len(p.raw) <= 64 for p in [first, *parts])
+        assert first.raw + b"".join(p.raw for p in parts) == line
+        assert events[-1] == Command(b"b", "NOOP", b"b NOOP\r\n", None)
+
+
+def test_long_line_keeps_its_literal_announcement_whole() -> None:
     parser = ClientParser(max_line=64)
-    parser.receive_data(b"a LOGIN " + b"x" * 100 + b"\r\nb NOOP\r\n")
+    parser.receive_data(b"a APPEND " + b"x" * 200 + b" {3+}\r\nabc\r\n")
+    events, _ = drain(parser)
+    assert events[-3].literal is not None and events[-3].literal.size == 3
+    assert events[-2] == LiteralData(b"abc", True)
+
+
+def test_malformed_long_line_is_skipped_whole() -> None:
+    parser = ClientParser(max_line=64)
+    parser.receive_data(b"(" * 200 + b" {3+}\r\nabc\r\nb NOOP\r\n")
     with pytest.raises(ProtocolError) as info:
         parser.next_event()
-    assert info.value.fatal
-    assert parser.next_event() is CLOSED
+    assert not info.value.fatal
+    events, _ = drain(parser)
+    assert events == [Command(b"b", "NOOP", b"b NOOP\r\n", None)]
 
 
-def test_line_cap_without_line_end_is_fatal() -> None:
+def test_long_sasl_line_is_fatal() -> None:
     parser = ClientParser(max_line=64)
-    parser.receive_data(b"a" * 65)
+    parser.receive_data(b"a AUTHENTICATE PLAIN\r\n")
+    drain(parser)
+    parser.continuation_received()
+    parser.receive_data(b"x" * 200)
     with pytest.raises(ProtocolError) as info:
         parser.next_event()
     assert info.value.fatal
@@ -552,3 +585,98 @@ def test_tagged_answer_after_continuation_ends_the_exchange(first: bytes) -> Non
     assert parser.command_finished(b"a")
     events, _ = feed(parser, b"b DELETE INBOX\r\n")
     assert events == [Command(b"b", "DELETE", b"b DELETE INBOX\r\n", None)]
+
+
+def test_answered_confirmed_literal_payload_is_dropped_with_the_rest_of_the_command() -> None:
+    # Issue 8 bug 2: the server answered before the "+" that confirms a {n+}; the client
+    # sent the payload anyway: it is the command's data, never commands.
+    parser = ClientParser()
+    parser.confirm_literals = True
+    parser.receive_data(b"b APPEND X {3+}\r\nabc def {14+}\r\nx DELETE Arc\r\n\r\nc NOOP\r\n")
+    events, end = drain(parser)
+    assert end is PAUSED and parser.silent_continuation
+    assert parser.command_finished(b"b")
+    events, _ = drain(parser)
+    assert events == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
+
+
+def test_answered_sync_literal_expects_no_payload() -> None:
+    parser = ClientParser()
+    parser.confirm_literals = True
+    parser.receive_data(b"b APPEND X {3}\r\nc NOOP\r\n")
+    drain(parser)
+    assert parser.command_finished(b"b")
+    events, _ = drain(parser)
+    assert events == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_barrier_command_waits_for_its_answer(bytewise: bool) -> None:
+    data = b"a LOGIN {3+}\r\nbob pw\r\nb DELETE X\r\n"
+    parser = ClientParser()
+    parser.barrier_commands = frozenset({"LOGIN"})
+    events: list[object] = []
+    for chunk in [bytes([x]) for x in data] if bytewise else [data]:
+        parser.receive_data(chunk)
+        got, end = drain(parser)
+        events += got
+    assert end is PAUSED and parser.waiting_tag == b"a"
+    assert not any(isinstance(e, Command) and e.tag == b"b" for e in events)
+    assert not parser.command_finished(b"x")  # another tag's answer does not resume it
+    assert parser.command_finished(b"a")
+    got, _ = drain(parser)
+    assert got == [Command(b"b", "DELETE", b"b DELETE X\r\n", None)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CAPABILITY",
+        "CHECK",
+        "CLOSE",
+        "EXPUNGE",
+        "IDLE",
+        "LOGOUT",
+        "NAMESPACE",
+        "NOOP",
+        "STARTTLS",
+        "UNAUTHENTICATE",
+        "UNSELECT",
+    ],
+)
+def test_literal_on_a_command_without_arguments_is_refused(name: str) -> None:
+    # Servers skip what follows these names and run the "payload" as a command.
+    parser = ClientParser()
+    parser.receive_data(b"a %s {14+}\r\nb DELETE Arch\r\n\r\nc NOOP\r\n" % name.encode())
+    with pytest.raises(ProtocolError) as info:
+        parser.next_event()
+    assert not info.value.fatal and info.value.tag == b"a"
+    events, _ = drain(parser)
+    assert events[-1] == Command(b"c", "NOOP", b"c NOOP\r\n", None)
+    assert not any(isinstance(e, Command) and e.tag == b"b" for e in events)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"a SELECT foo{5+}\r\n", b'a SELECT "foo {5+}\r\n', b'a LOGIN u"p {5+}\r\n'],
+    ids=["glued-to-atom", "inside-open-quote", "after-quote-char"],
+)
+def test_misplaced_literal_is_refused(line: bytes) -> None:
+    parser = ClientParser()
+    parser.receive_data(line + b"x1 X\r\nc NOOP\r\n")
+    with pytest.raises(ProtocolError) as info:
+        parser.next_event()
+    assert not info.value.fatal
+    events, _ = drain(parser)  # the announced payload is skipped, never a command
+    commands = [e for e in events if isinstance(e, Command)]
+    assert commands == [Command(b"c", "NOOP", b"c NOOP\r\n", None)]
+
+
+def test_default_line_cap_is_64_kib() -> None:
+    at_cap = b"a NOOP " + b"x" * (65536 - 9) + b"\r\n"
+    assert len(at_cap) == 65536
+    parser = ClientParser()
+    parser.receive_data(at_cap + b"x" + at_cap)
+    first, rest = parser.next_event(), parser.next_event()
+    assert isinstance(first, Command) and not first.partial and first.raw == at_cap
+    assert isinstance(rest, Command) and rest.partial  # one byte over: pieces

@@ -168,9 +168,19 @@ def test_session_holding_every_command_still_forwards_the_stream_unchanged(
                         upstream.command_finished(tag)
                         pending.append(session.server_data(tag + b" NO no\r\n"))
 
+    def settle() -> None:
+        # A state-changing command (LOGIN, SELECT, ...) holds the session's parser until
+        # its tagged answer (issue 8, bug 3): answer it once the fake server has read it.
+        for _ in range(len(stream.data) + 1):
+            tag = session.client.waiting_tag
+            if tag is None or upstream.paused or answers.get(tag):
+                return
+            pump(session.server_data(tag + b" OK done\r\n"))
+
     pump(session.server_data(b"* OK ready\r\n"))
     for chunk in chunks:
         pump(session.client_data(chunk))
+        settle()
     assert b"".join(received) == stream.data
     assert all(not a for a in answers.values())
     assert not session.client_paused
