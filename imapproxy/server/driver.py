@@ -2,10 +2,15 @@
 
 One nursery per session with one pump task per direction. Each pump reads, hands the bytes
 to the pure ``Session`` and executes the ``Output``: one write per destination (all pieces
-joined), then TLS or close. Both pumps may write to the same side (a blocked command is
-answered from the client pump, responses from the upstream pump), so each side has a FIFO
-send lock. The client pump stops reading while the client parser is paused (see
-``wire.client``) and the upstream pump wakes it when a server answer resumes it.
+joined), then TLS or close. Both pumps write to both sides (a blocked command is answered from
+the client pump, responses from the upstream pump, client bytes held until the server's ``+``
+are released by the upstream pump), so the bytes of an ``Output`` are enqueued on each side's
+``Sender`` synchronously, with no ``await`` between the session producing them and their
+queueing: each side then receives them in the session's order, whichever pump produced them.
+Only then does the pump wait for the writes (``flush``) before reading more, which is the
+backpressure. The client pump stops reading while the client parser is paused (see
+``wire.client``); the upstream pump wakes it once the output of the server answer that resumed
+it is enqueued.
 """
 
 from __future__ import annotations
@@ -182,12 +187,11 @@ class SessionDriver:
                     await stream.aclose()
 
     async def _last_words(self, line: bytes, timeout: float = 5) -> None:
-        """Tell the client why the session ends; a client that is gone is no error."""
-        with (
-            trio.move_on_after(timeout),
-            contextlib.suppress(*CONNECTION_ERRORS, trio.BusyResourceError),
-        ):
-            await self.client.send_all(line)
+        """Tell the client why the session ends (after what is queued for it); a client that
+        is gone is no error."""
+        self._to_client.enqueue(line)
+        with trio.move_on_after(timeout), contextlib.suppress(*CONNECTION_ERRORS):
+            await self._to_client.flush()
 
     # --- pumps -----------------------------------------------------------------------
     async def _pump_client(self) -> None:
@@ -217,9 +221,12 @@ class SessionDriver:
                 data = b""
             self._touch()
             out = session.server_data(data)
+            self._enqueue(out)
+            # Only now: the client pump's next bytes must queue behind what this answer
+            # released (the held command, the rest of a literal).
             if not session.client_paused:
                 self._resume.set()
-            await self._execute(out)
+            await self._complete(out)
             if not data:
                 self._stream_ended("upstream closed the connection")
 
@@ -241,31 +248,41 @@ class SessionDriver:
 
     # --- executing decisions -----------------------------------------------------------
     async def _execute(self, out: Output) -> None:
-        # Client first: the proxy's own answers concern commands sent before anything
-        # forwarded in this batch, and must reach the client before the server's replies.
+        self._enqueue(out)
+        await self._complete(out)
+
+    def _enqueue(self, out: Output) -> None:
+        """Queue the output's bytes on each side, one write each. Synchronous: call it right
+        after the session produced ``out``, so nothing from the other pump gets between."""
         if out.to_client:
             data = out.to_client[0] if len(out.to_client) == 1 else b"".join(out.to_client)
-            try:
-                if out.start_client_tls:
-                    # Under the lock that sends the OK: no response may reach the client
-                    # in plaintext between the OK and the handshake.
-                    async with self._to_client.lock:
-                        await self.client.send_all(data)
-                        await self._start_client_tls()
-                else:
-                    await self._to_client.send(data)
-            except CONNECTION_ERRORS:
-                out.close = out.close or "client connection lost"
+            self._to_client.enqueue(data)
             self.bytes_down += len(data)
             self.ctx.telemetry.bytes_forwarded("upstream_to_client", len(data))
+        if out.start_client_tls:
+            # Nothing may reach the client in plaintext after the OK: keep back what either
+            # pump enqueues from now on until the TLS stream exists.
+            self._to_client.hold()
         if out.to_upstream and self._to_upstream is not None:
             data = out.to_upstream[0] if len(out.to_upstream) == 1 else b"".join(out.to_upstream)
-            try:
-                await self._to_upstream.send(data)
-            except CONNECTION_ERRORS:
-                out.close = out.close or "upstream connection lost"
+            self._to_upstream.enqueue(data)
             self.bytes_up += len(data)
             self.ctx.telemetry.bytes_forwarded("client_to_upstream", len(data))
+
+    async def _complete(self, out: Output) -> None:
+        """Wait for the writes ``_enqueue`` queued, then TLS or close. Upstream first: what it
+        waits for is usually a released command, which must not wait for a slow client."""
+        if self._to_upstream is not None:
+            try:
+                await self._to_upstream.flush()
+            except CONNECTION_ERRORS:
+                out.close = out.close or "upstream connection lost"
+        try:
+            if out.start_client_tls:
+                await self._start_client_tls()
+            await self._to_client.flush()
+        except CONNECTION_ERRORS:
+            out.close = out.close or "client connection lost"
         if out.notes:
             self._observe(out)
         if out.start_client_tls and out.close is None:
@@ -324,12 +341,12 @@ class SessionDriver:
         starter = self.ctx.start_client_tls
         assert starter is not None, "session asked for TLS without a client TLS context"
         try:
-            self.client = await starter(self.client)
+            # Writes the OK, then hands the stream over to the handshake.
+            self.client = await self._to_client.upgrade(starter)
         except Exception as exc:  # handshake failures end this session only
             self.ctx.telemetry.tls_handshake("client", "failed")
             self.close_reason = f"client TLS handshake failed: {exc}"
             raise _SessionOver from exc
         self.ctx.telemetry.tls_handshake("client", "ok")
-        self._to_client.replace(self.client)
         self._from_client.replace(self.client)
         self._tls_info.update(tls_details(self.client))
