@@ -42,7 +42,16 @@ StreamUpgrade = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
 
 
 class Sender:
-    __slots__ = ("_broken", "_held_back", "_lock", "_pending", "_raw", "_released", "stream")
+    __slots__ = (
+        "_background",
+        "_broken",
+        "_held_back",
+        "_lock",
+        "_pending",
+        "_raw",
+        "_released",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -53,6 +62,7 @@ class Sender:
         self._held_back: list[bytes] | None = None  # enqueued during an upgrade
         self._released = trio.Event()
         self._broken: str | None = None  # why the stream failed (enqueue never raises)
+        self._background = False  # a flush_soon task is on its way
         self._raw = _raw_socket(stream)
 
     @property
@@ -96,6 +106,26 @@ class Sender:
                 continue
             async with self._lock:
                 await self._drain()
+
+    def flush_soon(self, nursery: trio.Nursery) -> None:
+        """Have what is queued written by a task of ``nursery``, for a caller that must not
+        wait for this side (a pump whose own reading is what lets this side's peer go on).
+        No task when nothing is queued; at most one at a time; its failure is reported by
+        the next ``flush``."""
+        if self._background or self._broken is not None:
+            return
+        if not self._pending and self._held_back is None:
+            return
+        self._background = True
+        nursery.start_soon(self._flush_in_background)
+
+    async def _flush_in_background(self) -> None:
+        try:
+            await self.flush()
+        except trio.BrokenResourceError:
+            pass  # recorded in _broken: the next flush raises it
+        finally:
+            self._background = False
 
     async def upgrade(self, wrap: StreamUpgrade) -> trio.abc.Stream:
         """Write what is queued (the last plaintext, e.g. ``OK Begin TLS``), then replace the

@@ -8,7 +8,9 @@ are released by the upstream pump), so the bytes of an ``Output`` are enqueued o
 ``Sender`` synchronously, with no ``await`` between the session producing them and their
 queueing: each side then receives them in the session's order, whichever pump produced them.
 Only then does the pump wait for the writes (``flush``) before reading more, which is the
-backpressure. The client pump stops reading while the client parser is paused (see
+backpressure: the client pump waits for both sides, the upstream pump for the client side
+only (the upstream bytes it releases are written by a background task, see
+``_pump_upstream``). The client pump stops reading while the client parser is paused (see
 ``wire.client``); the upstream pump wakes it once the output of the server answer that resumed
 it is enqueued.
 """
@@ -167,7 +169,7 @@ class SessionDriver:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_client)
-                    nursery.start_soon(self._pump_upstream)
+                    nursery.start_soon(self._pump_upstream, nursery)
             except* _SessionOver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
         if self._idle_scope.cancelled_caught and self.close_reason == "unknown":
@@ -210,7 +212,7 @@ class SessionDriver:
             if not data:
                 self._stream_ended("client closed the connection")
 
-    async def _pump_upstream(self) -> None:
+    async def _pump_upstream(self, nursery: trio.Nursery) -> None:
         session = self.session
         receiver = self._from_upstream
         assert receiver is not None
@@ -226,7 +228,13 @@ class SessionDriver:
             # released (the held command, the rest of a literal).
             if not session.client_paused:
                 self._resume.set()
-            await self._complete(out)
+            # The bytes this answer released upstream are written in the background: waiting
+            # for them here would stop this pump reading the server, and a server blocked on
+            # its output (a large FETCH) stops reading its input. What this pump may queue
+            # upstream is bounded by what the client pump read, which waits for the queue.
+            if self._to_upstream is not None:
+                self._to_upstream.flush_soon(nursery)
+            await self._complete(out, upstream=False)
             if not data:
                 self._stream_ended("upstream closed the connection")
 
@@ -269,10 +277,10 @@ class SessionDriver:
             self.bytes_up += len(data)
             self.ctx.telemetry.bytes_forwarded("client_to_upstream", len(data))
 
-    async def _complete(self, out: Output) -> None:
-        """Wait for the writes ``_enqueue`` queued, then TLS or close. Upstream first: what it
-        waits for is usually a released command, which must not wait for a slow client."""
-        if self._to_upstream is not None:
+    async def _complete(self, out: Output, *, upstream: bool = True) -> None:
+        """Wait for the writes ``_enqueue`` queued (the upstream side only if ``upstream``),
+        then TLS or close. Upstream first: the client side may be a slow reader."""
+        if self._to_upstream is not None and (upstream or out.close is not None):
             try:
                 await self._to_upstream.flush()
             except CONNECTION_ERRORS:

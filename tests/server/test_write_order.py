@@ -74,3 +74,31 @@ async def test_released_literal_is_not_overtaken_by_the_rest_of_it() -> None:
         await server.send_all(b"a OK [APPENDUID 1 1] Append completed\r\n")
         assert await _receive_line(client) == b"a OK [APPENDUID 1 1] Append completed\r\n"
         nursery.cancel_scope.cancel()
+
+
+async def test_server_blocked_on_output_is_still_read_while_client_bytes_wait() -> None:
+    """The upstream pump keeps reading while the bytes it released wait for the server.
+
+    A server writing a long response reads nothing until the write is done (Dovecot stops
+    reading its input while its output is blocked). If the pump that must read that response
+    waited for the server to take the released literal first, neither side would move. Here
+    the upstream leg is a lockstep stream: a write returns only once the other side read it.
+    """
+    client, proxy_client = trio.testing.memory_stream_pair()
+    proxy_upstream, server = trio.testing.lockstep_stream_pair()
+    driver = _driver(proxy_client, proxy_upstream)
+    flood = b"".join(b"* %d EXISTS\r\n" % i for i in range(20000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(driver.run)
+        await server.send_all(b"* OK ready\r\n")
+        assert await _receive_line(client) == b"* OK ready\r\n"
+        await client.send_all(b"a APPEND INBOX {%d+}\r\n" % len(MESSAGE) + PART1)
+        assert await _receive_line(server) == b"a APPEND INBOX {%d}\r\n" % len(MESSAGE)
+        await client.send_all(PART2 + b"\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        # The "+" releases PART1 towards a server that now writes and does not read.
+        with trio.fail_after(5):
+            await server.send_all(b"+ OK\r\n" + flood)
+        assert await _receive_exactly(server, len(MESSAGE) + 2) == MESSAGE + b"\r\n"
+        assert await _receive_exactly(client, len(flood)) == flood
+        nursery.cancel_scope.cancel()
