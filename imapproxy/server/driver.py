@@ -35,6 +35,7 @@ from imapproxy.net.streams import (
     UpstreamTLSError,
     tls_details,
 )
+from imapproxy.server.capacity import capacity_log, resource_error
 from imapproxy.session.core import Session
 from imapproxy.session.output import (
     CommandBlocked,
@@ -137,6 +138,9 @@ class SessionDriver:
                 self._to_upstream = Sender(self.upstream)
                 self._from_upstream = Receiver(self.upstream)
             except OSError as exc:
+                if (exhausted := resource_error(exc)) is not None:
+                    await self._at_capacity(exhausted, exc)
+                    return False
                 reason = "connect_refused"
                 detail = str(exc)
             except UpstreamTLSError as exc:
@@ -162,6 +166,19 @@ class SessionDriver:
         )
         await self._last_words(b"* BYE [UNAVAILABLE] Mail server unavailable\r\n")
         return False
+
+    async def _at_capacity(self, reason: str, exc: OSError) -> None:
+        """The proxy itself ran out (descriptors): say so, the mail server is fine."""
+        self.ctx.telemetry.accept_error("upstream", reason)
+        self.close_reason = f"proxy at capacity: {reason}"
+        capacity_log.event(
+            "proxy_at_capacity",
+            client=self.peer,
+            reason=reason,
+            error=exc.strerror or str(exc),
+            level=logging.ERROR,
+        )
+        await self._last_words(b"* BYE [UNAVAILABLE] Proxy at capacity\r\n")
 
     async def _pump_both(self) -> None:
         self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout

@@ -98,9 +98,13 @@ class ChildProxy:
         return self.log_path.read_bytes().decode(errors="replace")
 
     def events(self) -> list[dict[str, object]]:
+        return self.parse_events(self.log_text())
+
+    @staticmethod
+    def parse_events(text: str) -> list[dict[str, object]]:
         """The JSON log lines (anything else, e.g. a traceback, is skipped)."""
         out = []
-        for line in self.log_text().splitlines():
+        for line in text.splitlines():
             try:
                 item = json.loads(line)
             except ValueError:
