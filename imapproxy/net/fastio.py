@@ -152,8 +152,9 @@ class Sender:
         self._released = trio.Event()
 
     async def _drain(self) -> None:
-        # Under the lock. Cancellation leaves the queue consistent (a partial write shortens
-        # the head in place), so a later flush carries on where this one stopped.
+        # Under the lock. Cancellation leaves the raw queue consistent (a partial write
+        # shortens the head in place), so a later flush carries on where this one stopped. A
+        # cancelled TLS send_all leaves the SSLStream broken: the head is never re-sent.
         pending = self._pending
         while pending and self._broken is None:
             chunk = pending[0]

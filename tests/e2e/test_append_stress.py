@@ -38,7 +38,7 @@ from .childproxy import ChildProxy
 from .conftest import Account, new_account
 
 CLIENTS = 20
-MESSAGES_PER_CLIENT = 12 * int(os.environ.get("IMAPPROXY_STRESS", "1"))
+MESSAGES_PER_CLIENT = 20 * int(os.environ.get("IMAPPROXY_STRESS", "1"))
 MIN_SIZE, MAX_SIZE = 200, 1_500_000
 MAX_IN_FLIGHT = 6  # tagged commands a client may have outstanding
 STALL = 20.0  # seconds without the awaited answer before a client gives up

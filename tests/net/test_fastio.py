@@ -4,6 +4,7 @@ STARTTLS hand-over and descriptors."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import AsyncIterator
 
@@ -110,6 +111,53 @@ async def test_two_tasks_keep_enqueue_order(pair: tuple[trio.SocketStream, ...])
         received = await _read_all(reader, sum(map(len, chunks)), pace=0.001)
     assert len(order) == len(chunks)
     assert received == b"".join(order)
+    sender.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_writes_from_two_tasks_arrive_in_enqueue_order(
+    pair: tuple[trio.SocketStream, ...], seed: int
+) -> None:
+    """Random sizes (1 B to 300 KB), random pauses on both ends, two writers that sometimes
+    flush and sometimes do not: the stream is the enqueue calls' bytes, in their order."""
+    writer, reader = pair
+    sender = Sender(writer)
+    rng = random.Random(seed)
+    order: list[bytes] = []
+    counter = iter(range(10**6))
+
+    async def producer() -> None:
+        for _ in range(40):
+            n = next(counter)
+            size = rng.choice([1, 7, 100, 5000, 70_000, 300_000])
+            item = n.to_bytes(4, "big") * (size // 4 + 1)
+            order.append(item)
+            sender.enqueue(item)
+            if rng.random() < 0.7:
+                await sender.flush()
+            else:
+                await trio.sleep(rng.random() / 1000)
+
+    received = bytearray()
+
+    async def consume() -> None:
+        while True:
+            chunk = await reader.receive_some(rng.choice([1000, 65536]))
+            if not chunk:
+                return
+            received.extend(chunk)
+            if rng.random() < 0.1:
+                await trio.sleep(0.001)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            async with trio.open_nursery() as producers:
+                producers.start_soon(producer)
+                producers.start_soon(producer)
+            await sender.flush()
+            await writer.send_eof()
+    assert bytes(received) == b"".join(order)
     sender.close()
 
 
