@@ -153,7 +153,9 @@ async def _client(address: tuple[str, int], account: Account, seed: int) -> Clie
     rng = random.Random(seed)
     result = ClientResult()
     sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # before connect: the window
+    # Before connect (it sets the window); small, but the kernel doubles it to 128 KiB, above
+    # the loopback MSS (64 KiB): a window below one segment stalls TCP on its persist timer.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     await sock.connect(address)
     stream = trio.SocketStream(sock)
     seen = Responses()

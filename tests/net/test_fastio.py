@@ -29,10 +29,12 @@ async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
     """(writer, reader); the writer's send buffer and the reader's receive buffer are small,
-    so a few hundred KiB fill them."""
+    so a few MiB fill them."""
     writer, reader = await _tcp_pair()
     writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    # Not below the loopback MSS (64 KiB): a window smaller than one segment stalls TCP on
+    # its persist timer (seconds), which would only slow the tests down.
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 131072)
     yield writer, reader
     await writer.aclose()
     await reader.aclose()
