@@ -66,6 +66,11 @@ class Sender:
         self._raw = _raw_socket(stream)
 
     @property
+    def needs_flush(self) -> bool:
+        """False when ``flush`` would return at once: callers skip the await (hot path)."""
+        return bool(self._pending) or self._held_back is not None or self._broken is not None
+
+    @property
     def queued(self) -> int:
         """Bytes enqueued and not yet written."""
         held = sum(map(len, self._held_back)) if self._held_back is not None else 0

@@ -297,15 +297,17 @@ class SessionDriver:
     async def _complete(self, out: Output, *, upstream: bool = True) -> None:
         """Wait for the writes ``_enqueue`` queued (the upstream side only if ``upstream``),
         then TLS or close. Upstream first: the client side may be a slow reader."""
-        if self._to_upstream is not None and (upstream or out.close is not None):
+        to_upstream = self._to_upstream
+        if to_upstream is not None and to_upstream.needs_flush and (upstream or out.close):
             try:
-                await self._to_upstream.flush()
+                await to_upstream.flush()
             except CONNECTION_ERRORS:
                 out.close = out.close or "upstream connection lost"
         try:
             if out.start_client_tls:
                 await self._start_client_tls()
-            await self._to_client.flush()
+            if self._to_client.needs_flush:
+                await self._to_client.flush()
         except CONNECTION_ERRORS:
             out.close = out.close or "client connection lost"
         if out.notes:
