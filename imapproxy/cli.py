@@ -23,6 +23,7 @@ from imapproxy.config.loader import (
     check_config,
     load_config,
 )
+from imapproxy.server.capacity import raise_fd_limit
 from imapproxy.server.listener import Proxy, reloader
 from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
@@ -123,6 +124,7 @@ def serve(
                 print(banner(proxy), flush=True)
 
     failed = False
+    raise_fd_limit(cfg.limits.max_sessions)
     try:
         telemetry = Telemetry(_start_metrics(cfg))
         proxy = Proxy(cfg, telemetry, reload_config=reload)

@@ -1,4 +1,4 @@
-"""Socket I/O for one side of a session, cheap in the common case.
+"""Socket I/O for one side of a session, cheap in the common case, in order always.
 
 Reading: trio's ``receive_some`` tries ``recv``, and after a successful one still yields to
 the scheduler; per small command that forced pass is a large share of the relay's CPU. On a
@@ -6,19 +6,33 @@ plain TCP stream the reader calls ``recv`` on the non-blocking socket itself and
 trio (``wait_readable``) only when there is nothing to read, with a checkpoint every
 ``_CHECKPOINT_EVERY`` reads so a busy session still lets others run and can be cancelled.
 
-Most writes are small (a command, a response) and fit the kernel's socket buffer at once.
-``trio``'s ``send_all`` costs a trip through the scheduler per call, which dominates a small
-command's relay cost; a plain non-blocking ``send`` on the socket does not. So a write goes
-straight to the socket when nothing is queued before it, and only what the kernel did not take
-goes through ``send_all`` under a FIFO lock (both pumps of a session may write to the client;
-the lock keeps their writes whole and in order). TLS streams always take the ``send_all``
-path: their bytes must go through the SSL object.
+Writing is split in two so that order never depends on which task gets to run first:
+
+* ``Sender.enqueue`` is synchronous. It puts the bytes behind everything enqueued before
+  them; when nothing is queued, a plain TCP stream tries a non-blocking ``send`` at once and
+  queues only what the kernel did not take. Both pumps of a session write to both sides, and
+  a caller that enqueues right after the session produced the bytes (no ``await`` between)
+  gets the session's order on the wire, whichever task it runs in.
+* ``await Sender.flush()`` returns once everything enqueued so far is written. When the
+  kernel took it all it returns without a trip through the scheduler (most writes are a
+  small command or response). Otherwise one task at a time drains the queue (a FIFO lock),
+  oldest bytes first. A pump awaits it before reading more: that is the backpressure.
+
+TLS streams queue everything and write in ``flush``: their bytes must go through the SSL
+object. ``upgrade`` switches a sender to a new stream (STARTTLS) and keeps back whatever is
+enqueued after the last plaintext bytes until the new stream is there.
+
+Descriptors: the raw socket is a second Python object on trio's own descriptor (no ``dup``),
+so a plain session costs two descriptors, one per leg. It must never close that descriptor:
+``close`` detaches it, and must run before trio's stream is closed (a closed descriptor
+number is soon reused by another connection).
 """
 
 from __future__ import annotations
 
-import os
 import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -26,63 +40,196 @@ from imapproxy.net.streams import PrefixedStream
 
 _CHECKPOINT_EVERY = 32
 
+StreamUpgrade = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
+
 
 class Sender:
-    __slots__ = ("_lock", "_raw", "stream")
+    __slots__ = (
+        "_background",
+        "_broken",
+        "_held_back",
+        "_lock",
+        "_pending",
+        "_raw",
+        "_released",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._lock = trio.StrictFIFOLock()
+        self._lock = trio.StrictFIFOLock()  # held by the task draining the queue
+        # Bytes not yet handed to the kernel (or the TLS stream), oldest first; the head
+        # stays queued until it is written in full, so nothing can be sent ahead of it.
+        self._pending: deque[bytes | memoryview] = deque()
+        self._held_back: list[bytes] | None = None  # enqueued during an upgrade
+        self._released = trio.Event()
+        self._broken: str | None = None  # why the stream failed (enqueue never raises)
+        self._background = False  # a flush_soon task is on its way
         self._raw = _raw_socket(stream)
 
     @property
-    def lock(self) -> trio.StrictFIFOLock:
-        """Held for writes that must not interleave with any other (STARTTLS's OK)."""
-        return self._lock
+    def needs_flush(self) -> bool:
+        """False when ``flush`` would return at once: callers skip the await (hot path)."""
+        return bool(self._pending) or self._held_back is not None or self._broken is not None
 
-    def replace(self, stream: trio.abc.Stream) -> None:
-        """The stream changed (STARTTLS): write through the new one from now on."""
-        self.close()
-        self.stream = stream
-        self._raw = _raw_socket(stream)
+    @property
+    def queued(self) -> int:
+        """Bytes enqueued and not yet written."""
+        held = sum(map(len, self._held_back)) if self._held_back is not None else 0
+        return sum(map(len, self._pending)) + held
 
-    async def send(self, data: bytes) -> None:
+    def enqueue(self, data: bytes) -> None:
+        """Write ``data`` after everything enqueued before it; never blocks, never raises
+        (a failure is reported by the next ``flush``)."""
+        if self._broken is not None or not data:
+            return
+        if self._held_back is not None:
+            self._held_back.append(data)
+            return
         raw = self._raw
-        if raw is not None and not self._lock.locked():
+        if self._pending or raw is None:
+            self._pending.append(data)
+            return
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the peer is gone
+            self._broken = str(exc)
+            return
+        if sent < len(data):
+            self._pending.append(memoryview(data)[sent:])
+
+    async def flush(self) -> None:
+        """Wait until everything enqueued so far is written (raises BrokenResourceError if
+        the stream failed). No checkpoint when nothing is queued."""
+        while True:
+            if self._broken is not None:
+                raise trio.BrokenResourceError(self._broken)
+            if not self._pending and self._held_back is None:
+                return
+            if self._held_back is not None and not self._pending:
+                await self._released.wait()  # the upgrade moves them to the queue
+                continue
+            async with self._lock:
+                await self._drain()
+
+    def flush_soon(self, nursery: trio.Nursery) -> None:
+        """Have what is queued written by a task of ``nursery``, for a caller that must not
+        wait for this side (a pump whose own reading is what lets this side's peer go on).
+        No task when nothing is queued; at most one at a time; its failure is reported by
+        the next ``flush``."""
+        if self._background or self._broken is not None:
+            return
+        if not self._pending and self._held_back is None:
+            return
+        self._background = True
+        nursery.start_soon(self._flush_in_background)
+
+    async def _flush_in_background(self) -> None:
+        try:
+            await self.flush()
+        except trio.BrokenResourceError:
+            pass  # recorded in _broken: the next flush raises it
+        finally:
+            self._background = False
+
+    async def upgrade(self, wrap: StreamUpgrade) -> trio.abc.Stream:
+        """Write what is queued (the last plaintext, e.g. ``OK Begin TLS``), then replace the
+        stream with ``wrap(stream)``. Bytes enqueued from the call of ``hold`` until the new
+        stream exists are written through the new stream only. Call ``hold`` synchronously
+        right after enqueueing the last plaintext bytes."""
+        assert self._held_back is not None, "hold() first"
+        async with self._lock:
+            await self._drain()
+            if self._broken is not None:
+                raise trio.BrokenResourceError(self._broken)
+            stream = await wrap(self.stream)
+            self._detach()
+            self.stream = stream
+            self._raw = _raw_socket(stream)
+            self._pending.extend(self._held_back)
+            self._held_back = None
+            self._released.set()
+        return stream
+
+    def hold(self) -> None:
+        """Keep back bytes enqueued from now on, until ``upgrade`` has a new stream."""
+        self._held_back = []
+        self._released = trio.Event()
+
+    async def _drain(self) -> None:
+        # Under the lock. Cancellation leaves the raw queue consistent (a partial write
+        # shortens the head in place), so a later flush carries on where this one stopped. A
+        # cancelled TLS send_all leaves the SSLStream broken: the head is never re-sent.
+        pending = self._pending
+        while pending and self._broken is None:
+            chunk = pending[0]
+            raw = self._raw
+            if raw is None:
+                try:
+                    await self.stream.send_all(chunk)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._broken = str(exc) or type(exc).__name__
+                    break
+                pending.popleft()
+                continue
             try:
-                sent = raw.send(data)
+                sent = raw.send(chunk)
             except BlockingIOError:
                 sent = 0
-            except OSError as exc:  # the peer is gone: report it as trio would
-                raise trio.BrokenResourceError(str(exc)) from exc
-            if sent == len(data):
-                return
-            data = data[sent:]
-        async with self._lock:
-            await self.stream.send_all(data)
+            except OSError as exc:
+                self._broken = str(exc)
+                break
+            if sent == len(chunk):
+                pending.popleft()
+                continue
+            if sent:
+                pending[0] = memoryview(chunk)[sent:]
+            await trio.lowlevel.wait_writable(raw)
+        if self._broken is not None:
+            pending.clear()
+            raise trio.BrokenResourceError(self._broken)
 
     def close(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
+        """Drop what is queued and let go of the descriptor (before the stream is closed)."""
+        self._pending.clear()
+        self._held_back = None
+        self._released.set()
+        self._broken = self._broken or "closed"
+        self._detach()
+
+    def _detach(self) -> None:
+        raw = getattr(self, "_raw", None)  # unset if __init__ failed before it
+        if raw is not None:
+            raw.detach()
             self._raw = None
+
+    def __del__(self) -> None:
+        self._detach()  # a forgotten close must not close trio's descriptor
 
 
 def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """A blocking-free stdlib socket on a duplicate of the stream's descriptor (TCP only).
+    """A stdlib socket object on the stream's own descriptor (plain TCP streams only).
 
-    The duplicate shares the open file (and its O_NONBLOCK flag) with trio's socket, so a
-    ``send`` on it never blocks; owning its own descriptor, it can be closed independently.
+    It shares trio's descriptor and file flags (non-blocking), so ``send``/``recv`` on it never
+    block. It must be ``detach()``-ed, never closed or left to the garbage collector (which
+    would close trio's descriptor): ``Sender.close``/``Receiver.close`` and ``__del__`` see to
+    that.
     """
     if isinstance(stream, PrefixedStream):
         stream = stream.transport
     if not isinstance(stream, trio.SocketStream):
         return None
-    fd = os.dup(stream.socket.fileno())
-    try:
-        return socket.socket(fileno=fd)
-    except OSError:
-        os.close(fd)
+    fd = stream.socket.fileno()
+    if fd < 0:
         return None
+    try:
+        raw = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    raw.setblocking(False)
+    return raw
 
 
 class Receiver:
@@ -94,6 +241,7 @@ class Receiver:
         self._reads = 0
 
     def replace(self, stream: trio.abc.Stream) -> None:
+        """The stream changed (STARTTLS): read from the new one from now on."""
         self.close()
         self.stream = stream
         self._raw = _receiving_socket(stream)
@@ -117,9 +265,14 @@ class Receiver:
                 raise trio.BrokenResourceError(str(exc)) from exc
 
     def close(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
+        """Let go of the descriptor (before the stream is closed); never closes it."""
+        raw = getattr(self, "_raw", None)  # unset if __init__ failed before it
+        if raw is not None:
+            raw.detach()
             self._raw = None
+
+    def __del__(self) -> None:
+        self.close()  # a forgotten close must not close trio's descriptor
 
 
 def _receiving_socket(stream: trio.abc.Stream) -> socket.socket | None:

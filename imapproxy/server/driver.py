@@ -2,10 +2,17 @@
 
 One nursery per session with one pump task per direction. Each pump reads, hands the bytes
 to the pure ``Session`` and executes the ``Output``: one write per destination (all pieces
-joined), then TLS or close. Both pumps may write to the same side (a blocked command is
-answered from the client pump, responses from the upstream pump), so each side has a FIFO
-send lock. The client pump stops reading while the client parser is paused (see
-``wire.client``) and the upstream pump wakes it when a server answer resumes it.
+joined), then TLS or close. Both pumps write to both sides (a blocked command is answered from
+the client pump, responses from the upstream pump, client bytes held until the server's ``+``
+are released by the upstream pump), so the bytes of an ``Output`` are enqueued on each side's
+``Sender`` synchronously, with no ``await`` between the session producing them and their
+queueing: each side then receives them in the session's order, whichever pump produced them.
+Only then does the pump wait for the writes (``flush``) before reading more, which is the
+backpressure: the client pump waits for both sides, the upstream pump for the client side
+only (the upstream bytes it releases are written by a background task, see
+``_pump_upstream``). The client pump stops reading while the client parser is paused (see
+``wire.client``); the upstream pump wakes it once the output of the server answer that resumed
+it is enqueued.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from imapproxy.net.streams import (
     UpstreamSetupError,
     tls_details,
 )
+from imapproxy.server.capacity import capacity_log, resource_error
 from imapproxy.session.core import Session
 from imapproxy.session.output import (
     CommandBlocked,
@@ -130,6 +138,9 @@ class SessionDriver:
                 self._to_upstream = Sender(self.upstream)
                 self._from_upstream = Receiver(self.upstream)
             except OSError as exc:
+                if (exhausted := resource_error(exc)) is not None:
+                    await self._at_capacity(exhausted, exc)
+                    return False
                 reason = "connect_refused"
                 detail = str(exc)
             except UpstreamSetupError as exc:  # STARTTLS, the client-IP ID exchange
@@ -156,13 +167,26 @@ class SessionDriver:
         await self._last_words(b"* BYE [UNAVAILABLE] Mail server unavailable\r\n")
         return False
 
+    async def _at_capacity(self, reason: str, exc: OSError) -> None:
+        """The proxy itself ran out (descriptors): say so, the mail server is fine."""
+        self.ctx.telemetry.accept_error("upstream", reason)
+        self.close_reason = f"proxy at capacity: {reason}"
+        capacity_log.event(
+            "proxy_at_capacity",
+            client=self.peer,
+            reason=reason,
+            error=exc.strerror or str(exc),
+            level=logging.ERROR,
+        )
+        await self._last_words(b"* BYE [UNAVAILABLE] Proxy at capacity\r\n")
+
     async def _pump_both(self) -> None:
         self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout
         with self._idle_scope:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_client)
-                    nursery.start_soon(self._pump_upstream)
+                    nursery.start_soon(self._pump_upstream, nursery)
             except* _SessionOver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
         if self._idle_scope.cancelled_caught and self.close_reason == "unknown":
@@ -182,12 +206,11 @@ class SessionDriver:
                     await stream.aclose()
 
     async def _last_words(self, line: bytes, timeout: float = 5) -> None:
-        """Tell the client why the session ends; a client that is gone is no error."""
-        with (
-            trio.move_on_after(timeout),
-            contextlib.suppress(*CONNECTION_ERRORS, trio.BusyResourceError),
-        ):
-            await self.client.send_all(line)
+        """Tell the client why the session ends (after what is queued for it); a client that
+        is gone is no error."""
+        self._to_client.enqueue(line)
+        with trio.move_on_after(timeout), contextlib.suppress(*CONNECTION_ERRORS):
+            await self._to_client.flush()
 
     # --- pumps -----------------------------------------------------------------------
     async def _pump_client(self) -> None:
@@ -206,7 +229,7 @@ class SessionDriver:
             if not data:
                 self._stream_ended("client closed the connection")
 
-    async def _pump_upstream(self) -> None:
+    async def _pump_upstream(self, nursery: trio.Nursery) -> None:
         session = self.session
         receiver = self._from_upstream
         assert receiver is not None
@@ -217,9 +240,18 @@ class SessionDriver:
                 data = b""
             self._touch()
             out = session.server_data(data)
+            self._enqueue(out)
+            # Only now: the client pump's next bytes must queue behind what this answer
+            # released (the held command, the rest of a literal).
             if not session.client_paused:
                 self._resume.set()
-            await self._execute(out)
+            # The bytes this answer released upstream are written in the background: waiting
+            # for them here would stop this pump reading the server, and a server blocked on
+            # its output (a large FETCH) stops reading its input. What this pump may queue
+            # upstream is bounded by what the client pump read, which waits for the queue.
+            if self._to_upstream is not None:
+                self._to_upstream.flush_soon(nursery)
+            await self._complete(out, upstream=False)
             if not data:
                 self._stream_ended("upstream closed the connection")
 
@@ -241,31 +273,43 @@ class SessionDriver:
 
     # --- executing decisions -----------------------------------------------------------
     async def _execute(self, out: Output) -> None:
-        # Client first: the proxy's own answers concern commands sent before anything
-        # forwarded in this batch, and must reach the client before the server's replies.
+        self._enqueue(out)
+        await self._complete(out)
+
+    def _enqueue(self, out: Output) -> None:
+        """Queue the output's bytes on each side, one write each. Synchronous: call it right
+        after the session produced ``out``, so nothing from the other pump gets between."""
         if out.to_client:
             data = out.to_client[0] if len(out.to_client) == 1 else b"".join(out.to_client)
-            try:
-                if out.start_client_tls:
-                    # Under the lock that sends the OK: no response may reach the client
-                    # in plaintext between the OK and the handshake.
-                    async with self._to_client.lock:
-                        await self.client.send_all(data)
-                        await self._start_client_tls()
-                else:
-                    await self._to_client.send(data)
-            except CONNECTION_ERRORS:
-                out.close = out.close or "client connection lost"
+            self._to_client.enqueue(data)
             self.bytes_down += len(data)
             self.ctx.telemetry.bytes_forwarded("upstream_to_client", len(data))
+        if out.start_client_tls:
+            # Nothing may reach the client in plaintext after the OK: keep back what either
+            # pump enqueues from now on until the TLS stream exists.
+            self._to_client.hold()
         if out.to_upstream and self._to_upstream is not None:
             data = out.to_upstream[0] if len(out.to_upstream) == 1 else b"".join(out.to_upstream)
-            try:
-                await self._to_upstream.send(data)
-            except CONNECTION_ERRORS:
-                out.close = out.close or "upstream connection lost"
+            self._to_upstream.enqueue(data)
             self.bytes_up += len(data)
             self.ctx.telemetry.bytes_forwarded("client_to_upstream", len(data))
+
+    async def _complete(self, out: Output, *, upstream: bool = True) -> None:
+        """Wait for the writes ``_enqueue`` queued (the upstream side only if ``upstream``),
+        then TLS or close. Upstream first: the client side may be a slow reader."""
+        to_upstream = self._to_upstream
+        if to_upstream is not None and to_upstream.needs_flush and (upstream or out.close):
+            try:
+                await to_upstream.flush()
+            except CONNECTION_ERRORS:
+                out.close = out.close or "upstream connection lost"
+        try:
+            if out.start_client_tls:
+                await self._start_client_tls()
+            if self._to_client.needs_flush:
+                await self._to_client.flush()
+        except CONNECTION_ERRORS:
+            out.close = out.close or "client connection lost"
         if out.notes:
             self._observe(out)
         if out.start_client_tls and out.close is None:
@@ -326,12 +370,12 @@ class SessionDriver:
         starter = self.ctx.start_client_tls
         assert starter is not None, "session asked for TLS without a client TLS context"
         try:
-            self.client = await starter(self.client)
+            # Writes the OK, then hands the stream over to the handshake.
+            self.client = await self._to_client.upgrade(starter)
         except Exception as exc:  # handshake failures end this session only
             self.ctx.telemetry.tls_handshake("client", "failed")
             self.close_reason = f"client TLS handshake failed: {exc}"
             raise _SessionOver from exc
         self.ctx.telemetry.tls_handshake("client", "ok")
-        self._to_client.replace(self.client)
         self._from_client.replace(self.client)
         self._tls_info.update(tls_details(self.client))

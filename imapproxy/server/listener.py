@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +31,7 @@ from imapproxy.net.tls import (
 from imapproxy.net.upstream import Dialer, make_upstream_dialer
 from imapproxy.policy import Policy, SessionFacts
 from imapproxy.server import sdnotify
+from imapproxy.server.capacity import capacity_log, resource_error
 from imapproxy.server.driver import SessionContext, SessionDriver
 from imapproxy.server.proxy_in import ProxyAccept, receive_origin
 from imapproxy.session.settings import SessionSettings
@@ -41,8 +41,7 @@ from imapproxy.telemetry.recorder import Telemetry
 
 log = logging.getLogger("imapproxy")
 
-# accept() errors that mean "out of resources right now", not "the listener is broken".
-_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_BACKOFF = 0.1  # seconds, after accept() ran out of resources (trio.serve_listeners')
 
 
 class Proxy:
@@ -204,10 +203,22 @@ class Proxy:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                reason = resource_error(exc)
+                if reason is None:
                     raise
-                log_event(log, "accept_failed", error=str(exc), level=logging.ERROR)
-                await trio.sleep(0.1)  # as trio.serve_listeners does: back off, keep serving
+                # Out of descriptors (or memory): connections wait in the listen backlog
+                # until sessions close. Back off as trio.serve_listeners does; one log line
+                # per minute at most, however often this happens.
+                self.telemetry.accept_error("client", reason)
+                capacity_log.event(
+                    "accept_failed",
+                    listener=name,
+                    reason=reason,
+                    error=exc.strerror or str(exc),
+                    active_sessions=self.active,
+                    level=logging.ERROR,
+                )
+                await trio.sleep(ACCEPT_BACKOFF)
                 continue
             sessions.start_soon(self._handle, stream, name)
 

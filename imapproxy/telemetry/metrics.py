@@ -75,6 +75,8 @@ UPSTREAM_ERROR_REASONS = (
     "connect_refused", "connect_timeout", "tls", "closed", "protocol", "other",
 )  # fmt: skip
 SIDES = ("client", "upstream")
+# Out of resources: the errno, lower case (imapproxy.server.capacity.RESOURCE_ERRNOS).
+RESOURCE_REASONS = ("emfile", "enfile", "enomem", "enobufs")
 TLS_RESULTS = ("ok", "failed")
 RELOAD_RESULTS = ("ok", "failed")
 
@@ -246,6 +248,14 @@ class Metrics:
             ["side", "result"],
             registry=r,
         )
+        self._accept_errors = Counter(
+            "imapproxy_accept_errors",
+            "Connections the proxy could not take on for lack of resources, by leg (client: "
+            "accept() failed, the accept loop backs off; upstream: the upstream socket could "
+            "not be opened, the client was told the proxy is at capacity) and errno.",
+            ["leg", "reason"],
+            registry=r,
+        )
         self._build_info = Gauge(
             "imapproxy_build_info",
             "Always 1; labels carry the imapproxy and Python versions.",
@@ -279,6 +289,11 @@ class Metrics:
             (s, res): self._tls_handshakes.labels(s, res).inc for s in SIDES for res in TLS_RESULTS
         }
         self._reload_inc = {v: self._config_reloads.labels(v).inc for v in RELOAD_RESULTS}
+        self._accept_error_inc = {
+            (leg, why): self._accept_errors.labels(leg, why).inc
+            for leg in SIDES
+            for why in RESOURCE_REASONS
+        }
         for res in LOGIN_RESULTS:  # the common mechanism, so the logins panel starts at 0
             self._logins.labels("LOGIN", res)
         # Keyed by the caller's raw values (label normalisation happens once, on a miss).
@@ -376,6 +391,15 @@ class Metrics:
             inc = self._protocol_error_inc[side]
         except KeyError:
             raise ValueError(f"side must be one of {SIDES}, not {side!r}") from None
+        inc()
+
+    def accept_error(self, leg: str, reason: str) -> None:
+        try:
+            inc = self._accept_error_inc[leg, reason]
+        except KeyError:
+            raise ValueError(
+                f"leg/reason must be in {SIDES} x {RESOURCE_REASONS}, not {leg!r}/{reason!r}"
+            ) from None
         inc()
 
     def tls_handshake(self, side: str, result: str) -> None:

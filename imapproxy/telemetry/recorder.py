@@ -60,6 +60,11 @@ class Telemetry:
         if self._m is not None:
             self._m.protocol_error(side)
 
+    def accept_error(self, leg: str, reason: str) -> None:
+        """A connection not taken on for lack of resources (leg: client | upstream)."""
+        if self._m is not None:
+            self._m.accept_error(leg, reason)
+
     def tls_handshake(self, side: str, result: str) -> None:
         if self._m is not None:
             self._m.tls_handshake(side, result)

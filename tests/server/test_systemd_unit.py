@@ -111,6 +111,17 @@ def test_unit_has_required_settings() -> None:
     assert int(stop.removesuffix("s")) > 30
 
 
+def test_file_limit_holds_the_session_limit() -> None:
+    """LimitNOFILE= covers two descriptors per session at the default and the example's
+    limits.max_sessions, plus the process's own."""
+    from imapproxy.config.loader import Limits
+    from imapproxy.server.capacity import sessions_within
+
+    (limit,) = directives(UNIT.read_text())["LimitNOFILE"]
+    example = (yaml.safe_load(EXAMPLE_CONFIG.read_text()).get("limits") or {}).get("max_sessions")
+    assert sessions_within(int(limit)) >= max(Limits().max_sessions, example or 0)
+
+
 def test_example_config_fits_the_unit() -> None:
     cfg = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     assert set(cfg) <= {

@@ -37,6 +37,7 @@ EXPECTED_FAMILIES = {
     "imapproxy_build_info",
     "imapproxy_config_reloads_total",
     "imapproxy_config_last_reload_success_timestamp_seconds",
+    "imapproxy_accept_errors_total",  # issue 12: out of descriptors
 }
 
 
@@ -272,3 +273,13 @@ def test_exporter_serves_metrics_over_http(m: Metrics) -> None:
         m.stop()
     with pytest.raises(RuntimeError):
         _ = m.bound_port
+
+
+def test_accept_errors_by_leg_and_reason(m: Metrics) -> None:
+    assert value(m, "imapproxy_accept_errors_total", leg="client", reason="emfile") == 0
+    m.accept_error("client", "emfile")
+    m.accept_error("upstream", "enfile")
+    assert value(m, "imapproxy_accept_errors_total", leg="client", reason="emfile") == 1
+    assert value(m, "imapproxy_accept_errors_total", leg="upstream", reason="enfile") == 1
+    with pytest.raises(ValueError):
+        m.accept_error("client", "econnrefused")
