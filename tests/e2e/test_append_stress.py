@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
@@ -310,11 +309,6 @@ async def test_concurrent_appends_through_rules_store_every_byte(dovecot: Doveco
     assert (corrupted, missing) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session/core.py writes the proxy's own answer (a blocked command's NO) to the "
-    "client at once, even inside a server response still streaming (issue 8, bug 9 class)",
-)
 def test_proxy_answer_waits_for_the_response_in_flight(dovecot: Dovecot) -> None:
     """A command the proxy answers itself, sent while a FETCH response streams, must not have
     its answer written into the middle of that response's literal."""

@@ -30,7 +30,8 @@ async def test_prefix_first_then_the_direct_path() -> None:
     assert await receiver.receive(100) == b" greeting\r\n"
     assert receiver._raw is not None  # prefix delivered: direct reads from now on
     assert await receiver.receive(100) == b"later\r\n"
-    await sender.send(b"a1 NOOP\r\n")
+    sender.enqueue(b"a1 NOOP\r\n")
+    await sender.flush()
     assert await peer.receive_some(100) == b"a1 NOOP\r\n"
     receiver.close()
     sender.close()
