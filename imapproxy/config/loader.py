@@ -412,9 +412,12 @@ class _Reader:
         if (value := section.get("max_sessions")) is not None:
             sessions = value.as_int("limits.max_sessions", minimum=1)
             result = replace(result, max_sessions=sessions)
-        for key in ("max_sessions_per_ip", "max_sessions_per_user"):
-            if (value := section.get(key)) is not None:
-                result = replace(result, **{key: value.as_int(f"limits.{key}", minimum=0)})
+        if (value := section.get("max_sessions_per_ip")) is not None:
+            per_ip = value.as_int("limits.max_sessions_per_ip", minimum=0)
+            result = replace(result, max_sessions_per_ip=per_ip)
+        if (value := section.get("max_sessions_per_user")) is not None:
+            per_user = value.as_int("limits.max_sessions_per_user", minimum=0)
+            result = replace(result, max_sessions_per_user=per_user)
         if (value := section.get("auth_timeout")) is not None:
             result = replace(result, auth_timeout=value.as_number("limits.auth_timeout"))
         if (value := section.get("max_pipelined")) is not None:
@@ -428,10 +431,11 @@ class _Reader:
         section = node.as_mapping("limits.login_failures")
         section.check_keys(("per_ip", "per_user", "window"))
         result = LoginFailures()
-        for key in ("per_ip", "per_user"):
-            if (value := section.get(key)) is not None:
-                count = value.as_int(f"limits.login_failures.{key}", minimum=0)
-                result = replace(result, **{key: count})
+        if (value := section.get("per_ip")) is not None:
+            result = replace(result, per_ip=value.as_int("limits.login_failures.per_ip", minimum=0))
+        if (value := section.get("per_user")) is not None:
+            per_user = value.as_int("limits.login_failures.per_user", minimum=0)
+            result = replace(result, per_user=per_user)
         if (value := section.get("window")) is not None:
             window = value.as_number("limits.login_failures.window")
             result = replace(result, window=window)

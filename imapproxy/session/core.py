@@ -233,10 +233,15 @@ class Session:
         if self.settings.require_tls and not self.client_tls and name in ("LOGIN", "AUTHENTICATE"):
             self._refuse(cmd, ev.literal, b"NO [PRIVACYREQUIRED] Use STARTTLS first")
             return
+        if self.settings.max_pipelined and len(self._pending) >= self.settings.max_pipelined:
+            self._refuse(cmd, ev.literal, b"BAD [LIMIT] Too many commands in flight")
+            return
         if name == "AUTHENTICATE":
             self._start_authenticate(cmd, ev.raw)
         policy = self.policy
-        if policy is not None and policy.needs_arguments(name):
+        gated = self.settings.login_gate is not None and name == "LOGIN"
+        if (policy is not None and policy.needs_arguments(name)) or (gated and ev.literal):
+            # A LOGIN whose user name may be a literal is held until the name is known.
             self._held = [ev.raw]
             self._held_payload = 0
             if ev.literal is None:
@@ -253,6 +258,10 @@ class Session:
             raw = verdict.rewritten if verdict.rewritten is not None else ev.raw
         else:
             raw = ev.raw
+        if gated or (name == "AUTHENTICATE" and self._authenticating is None):
+            user = login_user(ev.raw) if gated else cmd.user
+            if self._login_gated(cmd, user, ev.literal):
+                return
         self._pending[ev.tag] = cmd
         if self.client.silent_continuation:
             raw = as_sync(raw)
@@ -305,7 +314,7 @@ class Session:
         self._authenticating = None  # later lines answer challenges (LOGIN: the password)
         if cmd is not None and cmd.user is None and cmd.mechanism is not None:
             cmd.user = sasl_user(cmd.mechanism, ev.raw)
-            if cmd.user is not None and self._login_blocked(cmd):
+            if (cmd.user is not None and self._login_blocked(cmd)) or self._sasl_gated(cmd):
                 # The upstream is mid-exchange: cancel it (RFC 9051 6.2.2) and swallow its
                 # answer; the client already has ours.
                 self._to_upstream(b"*\r\n")
@@ -375,15 +384,21 @@ class Session:
         self._held = None
         raw = b"".join(held)
         policy = self.policy
-        assert policy is not None
         if cmd.name in _OBSERVED and complete:
             cmd.capture = [raw]
-        verdict = policy.decide(self._facts_for(cmd, raw), cmd.name, raw, complete)
         last_literal = literal_at_end(raw) if not complete else None
-        if self._apply_verdict(cmd, verdict, last_literal):
-            return
-        if verdict.rewritten is not None:
-            raw = verdict.rewritten
+        if policy is not None:
+            verdict = policy.decide(self._facts_for(cmd, raw), cmd.name, raw, complete)
+            if self._apply_verdict(cmd, verdict, last_literal):
+                return
+            if verdict.rewritten is not None:
+                raw = verdict.rewritten
+        if self.settings.login_gate is not None and (
+            cmd.name == "LOGIN" or (cmd.name == "AUTHENTICATE" and self._authenticating is None)
+        ):
+            user = (login_user(raw) if complete else None) if cmd.name == "LOGIN" else cmd.user
+            if self._login_gated(cmd, user, last_literal):
+                return
         self._pending[cmd.tag] = cmd
         self._send_segmented(cmd.tag, raw, live_tail=not complete)
         if complete:
@@ -479,6 +494,31 @@ class Session:
         self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
         code = rule if _is_atom(rule) else "POLICY"
         self._answer(cmd, b"NO [%s] %s" % (code.encode(), message.encode()))
+        return True
+
+    def _login_gated(self, cmd: _Command, user: str | None, literal: LiteralHeader | None) -> bool:
+        """Ask the abuse-limit gate about a login before it is forwarded; True: refused."""
+        gate = self.settings.login_gate
+        refusal = gate(user) if gate is not None else None
+        if refusal is None:
+            return False
+        self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", user))
+        if self._authenticating is cmd:
+            self._authenticating = None
+        self._refuse(cmd, literal, refusal)
+        return True
+
+    def _sasl_gated(self, cmd: _Command) -> bool:
+        """The gate for an AUTHENTICATE without initial response, at its first response (the
+        one naming the user); the upstream is mid-exchange: the caller cancels it."""
+        gate = self.settings.login_gate
+        refusal = gate(cmd.user) if gate is not None else None
+        if refusal is None:
+            return False
+        cmd.answered = True
+        self._pending.setdefault(cmd.tag, cmd)
+        self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
+        self._answer(cmd, refusal)
         return True
 
     def _client_error(self, exc: ProtocolError) -> None:
