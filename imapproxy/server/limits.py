@@ -135,9 +135,10 @@ class Limiter:
             entry.strikes = 0
             if failed:
                 delay = max(delay, self._delay(failed - 1))
-        if user is not None and v.max_sessions_per_user:
-            if self._user_sessions.get(user.casefold(), 0) >= v.max_sessions_per_user:
-                return LoginVerdict(SESSIONS_PER_USER, 0.0)
+        folded = user.casefold() if user is not None else None
+        per_user = v.max_sessions_per_user
+        if folded is not None and per_user and self._user_sessions.get(folded, 0) >= per_user:
+            return LoginVerdict(SESSIONS_PER_USER, 0.0)
         for key, limit, _ in keys:
             if limit:
                 self._entry(key, now, create=True).inflight += 1  # type: ignore[union-attr]
@@ -158,14 +159,6 @@ class Limiter:
         if result == "ok" and user is not None:
             folded = user.casefold()
             self._user_sessions[folded] = self._user_sessions.get(folded, 0) + 1
-
-    def user_login_started(self, ip: str, user: str) -> None:
-        """An attempt let through with ``user=None`` turned out to name ``user`` (SASL without
-        an initial response): count it in flight for the user as well."""
-        if self.values.failures_per_user:
-            entry = self._entry("user:" + user.casefold(), self._clock(), create=True)
-            assert entry is not None
-            entry.inflight += 1
 
     # --- internals ---------------------------------------------------------------------
     def _delay(self, step: int) -> float:

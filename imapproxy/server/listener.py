@@ -33,6 +33,8 @@ from imapproxy.net.upstream import make_upstream_connector
 from imapproxy.policy import Policy, SessionFacts
 from imapproxy.server import sdnotify
 from imapproxy.server.driver import SessionContext, SessionDriver
+from imapproxy.server.guard import LimitBackend, SessionGuard, limit_values, report_hit
+from imapproxy.server.limits import Limiter
 from imapproxy.session.settings import SessionSettings
 from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
@@ -51,6 +53,7 @@ class Proxy:
         telemetry: Telemetry,
         *,
         reload_config: Callable[[], Config] | None = None,
+        limits: LimitBackend | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry
@@ -66,6 +69,8 @@ class Proxy:
         self._client_tls = ClientSideTLS()
         self._connect_upstream: UpstreamConnector | None = None
         self._tls_listeners: list[TLSListener] = []
+        # Per-IP / per-user bookkeeping; a worker of several is given the shared one.
+        self.limits: LimitBackend = limits or Limiter(limit_values(config.limits))
 
     # --- configuration -----------------------------------------------------------------
     def _session_settings(self, config: Config) -> tuple[SessionSettings, Policy | None]:
@@ -74,6 +79,7 @@ class Proxy:
         settings = SessionSettings(
             max_line=config.limits.max_line,
             offer_starttls=client_tls is not None,
+            max_pipelined=config.limits.max_pipelined,
             require_tls=client_tls is not None and client_tls.require,
             # Read per command, so a reload reaches sessions already open.
             policy_source=self._current_policy,
@@ -105,6 +111,7 @@ class Proxy:
             sdnotify.ready()
             return False
         self.config = new
+        self.limits.update(limit_values(new.limits))
         if policy is not None and self._policy is not None:
             policy.carry_over(self._policy)  # keep what was learned (the hierarchy delimiter)
         self._settings = settings
@@ -217,14 +224,18 @@ class Proxy:
         except OSError:
             await stream.aclose()
             return
+        ip = host.split("%", 1)[0]
         if self.active >= self.config.limits.max_sessions:
-            with trio.move_on_after(2):
-                try:
-                    await stream.send_all(b"* BYE [UNAVAILABLE] Too many connections\r\n")
-                    await stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+            report_hit(self.telemetry, "sessions", f"{host}:{port}")
+            await _turn_away(stream, b"* BYE [UNAVAILABLE] Too many connections\r\n")
             return
+        if self.limits.open_session(ip) is not None:
+            report_hit(self.telemetry, "sessions_per_ip", f"{host}:{port}")
+            await _turn_away(
+                stream, b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+            )
+            return
+        guard = SessionGuard(self.limits, ip, f"{host}:{port}", self.telemetry)
         self.active += 1
         self._idle = trio.Event() if self.active == 1 else self._idle
         driver: SessionDriver | None = None
@@ -233,7 +244,7 @@ class Proxy:
                 stream, self.telemetry, f"{host}:{port}"
             ):
                 return
-            driver = SessionDriver(self._context(host, listener), stream, f"{host}:{port}")
+            driver = SessionDriver(self._context(host, listener, guard), stream, f"{host}:{port}")
             self._drivers.add(driver)
             await driver.run()
         except Exception:  # whatever went wrong, it ends this session, never the process
@@ -243,17 +254,19 @@ class Proxy:
         finally:
             if driver is not None:
                 self._drivers.discard(driver)
+            guard.close()
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
 
-    def _context(self, host: str, listener: str) -> SessionContext:
+    def _context(self, host: str, listener: str, guard: SessionGuard) -> SessionContext:
         cfg = self.config
         assert cfg.upstream is not None and self._connect_upstream is not None
         settings = dataclasses.replace(
             self._settings,
             client_ip=ipaddress.ip_address(host.split("%", 1)[0]),
             client_tls_active=listener == "tls",
+            login_gate=guard.gate,
         )
         return SessionContext(
             settings=settings,
@@ -263,7 +276,18 @@ class Proxy:
             connect_timeout=cfg.upstream.connect_timeout,
             idle_timeout=cfg.limits.idle_timeout,
             start_client_tls=self._client_tls.start_tls,
+            guard=guard,
+            auth_timeout=cfg.limits.auth_timeout,
         )
+
+
+async def _turn_away(stream: trio.abc.Stream, line: bytes) -> None:
+    """Refuse a connection at accept: one line, then close; a client gone is no error."""
+    with trio.move_on_after(2):
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await stream.send_all(line)
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await stream.aclose()
 
 
 def _sockname(listener: trio.SocketListener | TLSListener) -> tuple[str, int]:

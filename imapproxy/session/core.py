@@ -45,6 +45,7 @@ from imapproxy.policy.mailboxes import decode_mailbox
 from imapproxy.session.output import (
     CommandBlocked,
     CommandDone,
+    LimitHit,
     LoginDone,
     Output,
     ProtocolIssue,
@@ -234,6 +235,7 @@ class Session:
             self._refuse(cmd, ev.literal, b"NO [PRIVACYREQUIRED] Use STARTTLS first")
             return
         if self.settings.max_pipelined and len(self._pending) >= self.settings.max_pipelined:
+            self._out.notes.append(LimitHit("pipelined"))
             self._refuse(cmd, ev.literal, b"BAD [LIMIT] Too many commands in flight")
             return
         if name == "AUTHENTICATE":

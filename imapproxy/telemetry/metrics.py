@@ -50,6 +50,7 @@ __all__ = [
     "COMMAND_BUCKETS",
     "COMMAND_STATUSES",
     "DIRECTIONS",
+    "LIMIT_REASONS",
     "LISTENERS",
     "LOGIN_RESULTS",
     "MECHANISMS",
@@ -77,6 +78,11 @@ UPSTREAM_ERROR_REASONS = (
 SIDES = ("client", "upstream")
 TLS_RESULTS = ("ok", "failed")
 RELOAD_RESULTS = ("ok", "failed")
+# Abuse limits (server/limits.py, server/guard.py): what was refused or ended.
+LIMIT_REASONS = (
+    "sessions", "sessions_per_ip", "sessions_per_user", "login_failures_ip",
+    "login_failures_user", "auth_timeout", "pipelined",
+)  # fmt: skip
 
 # Seconds to hours: sessions range from a quick poll to an all-day IDLE client.
 SESSION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
@@ -246,6 +252,12 @@ class Metrics:
             ["side", "result"],
             registry=r,
         )
+        self._limit_hits = Counter(
+            "imapproxy_limit_hits",
+            "Clients refused or disconnected by an abuse limit, by limit.",
+            ["reason"],
+            registry=r,
+        )
         self._build_info = Gauge(
             "imapproxy_build_info",
             "Always 1; labels carry the imapproxy and Python versions.",
@@ -279,6 +291,7 @@ class Metrics:
             (s, res): self._tls_handshakes.labels(s, res).inc for s in SIDES for res in TLS_RESULTS
         }
         self._reload_inc = {v: self._config_reloads.labels(v).inc for v in RELOAD_RESULTS}
+        self._limit_inc = {v: self._limit_hits.labels(v).inc for v in LIMIT_REASONS}
         for res in LOGIN_RESULTS:  # the common mechanism, so the logins panel starts at 0
             self._logins.labels("LOGIN", res)
         # Keyed by the caller's raw values (label normalisation happens once, on a miss).
@@ -385,6 +398,13 @@ class Metrics:
             raise ValueError(
                 f"side/result must be in {SIDES} x {TLS_RESULTS}, not {side!r}/{result!r}"
             ) from None
+        inc()
+
+    def limit_hit(self, reason: str) -> None:
+        try:
+            inc = self._limit_inc[reason]
+        except KeyError:
+            raise ValueError(f"reason must be one of {LIMIT_REASONS}, not {reason!r}") from None
         inc()
 
     def config_reloaded(self, ok: bool) -> None:

@@ -284,7 +284,10 @@ ERRORS: dict[str, tuple[str, str]] = {
         "per_ip, per_user, window); did you mean 'per_ip'?",
     ),
     "workers zero": ("workers: 0\n", "c.yaml:1:10: workers must be at least 1, got 0"),
-    "workers word": ("workers: many\n", "c.yaml:1:10: workers must be an integer, got string 'many'"),
+    "workers word": (
+        "workers: many\n",
+        "c.yaml:1:10: workers must be an integer, got string 'many'",
+    ),
     "unknown action": (
         "rules:\n  - name: x\n    action: blok\n",
         "c.yaml:3:13: unknown action 'blok' (expected one of: block, log, rewrite_mailbox)",

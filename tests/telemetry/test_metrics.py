@@ -37,6 +37,7 @@ EXPECTED_FAMILIES = {
     "imapproxy_build_info",
     "imapproxy_config_reloads_total",
     "imapproxy_config_last_reload_success_timestamp_seconds",
+    "imapproxy_limit_hits_total",
 }
 
 
@@ -272,3 +273,12 @@ def test_exporter_serves_metrics_over_http(m: Metrics) -> None:
         m.stop()
     with pytest.raises(RuntimeError):
         _ = m.bound_port
+
+
+def test_limit_hits_by_reason(m: Metrics) -> None:
+    assert value(m, "imapproxy_limit_hits_total", reason="sessions_per_ip") == 0
+    m.limit_hit("sessions_per_ip")
+    m.limit_hit("pipelined")
+    assert value(m, "imapproxy_limit_hits_total", reason="sessions_per_ip") == 1
+    with pytest.raises(ValueError):
+        m.limit_hit("made-up")
