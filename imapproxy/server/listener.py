@@ -14,7 +14,7 @@ import errno
 import ipaddress
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -125,6 +125,11 @@ class Proxy:
     def stop(self) -> None:
         self._stop.set()
 
+    # A worker of several (server.workers) binds with SO_REUSEPORT instead.
+    open_listeners: Callable[..., Awaitable[list[trio.SocketListener]]] = staticmethod(
+        trio.open_tcp_listeners
+    )
+
     # --- serving -----------------------------------------------------------------------
     async def serve(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
@@ -141,13 +146,13 @@ class Proxy:
     ) -> None:
         cfg = self.config
         self._endpoints(cfg)  # a TLSSetupError is an OSError: reported like a busy port
-        listeners = await trio.open_tcp_listeners(cfg.listen.port, host=cfg.listen.host)
+        listeners = await self.open_listeners(cfg.listen.port, host=cfg.listen.host)
         named: list[tuple[trio.SocketListener | TLSListener, str]] = [
             (lst, "plain") for lst in listeners
         ]
         if cfg.listen_tls is not None and self._client_tls.listen_context is not None:
             self._tls_listeners = await tls_listeners(
-                cfg.listen_tls, self._client_tls.listen_context
+                cfg.listen_tls, self._client_tls.listen_context, self.open_listeners
             )
             named += [(lst, "tls") for lst in self._tls_listeners]
         self.bound = [_sockname(lst) for lst, _ in named]

@@ -1,0 +1,517 @@
+"""``--workers N``: a supervising parent and N worker processes sharing the listening ports.
+
+Parent (``supervise``): binds nothing it accepts on. It reserves each listen address with a
+bound, non-listening ``SO_REUSEPORT`` socket (a busy port fails here, once, before any
+worker starts; port 0 is resolved once, so every worker and every restart uses the same
+port), then starts the workers: ``python -m imapproxy`` with the same arguments, the
+concrete ``--listen``, one end of a socketpair in ``IMAPPROXY_WORKER_FD`` and the shared
+``PROMETHEUS_MULTIPROC_DIR``. Each worker binds its own ``SO_REUSEPORT`` listeners and runs the
+normal ``Proxy``; the kernel spreads new connections over them.
+
+The parent restarts a worker that dies (backoff 0.1 s doubling to 5 s, reset after a worker
+ran 30 s), forwards SIGHUP to every worker (each reloads its config; sessions stay up) and
+SIGTERM/SIGINT (each drains for ``limits.grace_period``), and speaks sd_notify: READY=1 once
+every worker is listening, RELOADING=1 ... READY=1 around a reload (when every worker has
+answered), STOPPING=1.
+
+Shared limits. Per-IP and per-user limits must hold across workers, so the bookkeeping
+(``server.limits.Limiter``) lives in the parent and the workers ask it over their socketpair
+(``SharedLimits``): one JSON line per question, one line back; notifications (a session
+closed, a login finished) get no answer. Through the parent rather than in shared memory:
+the counts stay exact (no hashing of addresses into fixed slots), the Limiter stays plain
+Python, and when a worker dies the parent releases exactly what that worker held (its
+``_Ledger``), which shared memory could not know. The cost is one local round trip on accept
+and on login (tens of microseconds), never on the per-command path. The worker asks with a
+blocking call from the trio thread (the gate is synchronous, inside the pure session); if the
+parent does not answer within a second the worker falls back to its own local Limiter and
+logs it once, rather than stall.
+
+Metrics: the parent serves one ``/metrics`` from prometheus_client's multiprocess mode (see
+``telemetry.metrics.serve_multiprocess``); workers record into the shared directory and the
+parent calls ``mark_process_dead`` when one exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from imapproxy.config.loader import Address, Config
+from imapproxy.server import sdnotify
+from imapproxy.server.guard import limit_values
+from imapproxy.server.limits import Limiter, LimitValues, LoginVerdict
+from imapproxy.server.listener import Proxy
+from imapproxy.telemetry.logs import log_event
+from imapproxy.telemetry.recorder import Telemetry
+
+if TYPE_CHECKING:
+    from imapproxy.telemetry.metrics import Metrics
+
+__all__ = [
+    "WORKER_FD_ENV",
+    "SharedLimits",
+    "WorkerProxy",
+    "open_reuseport_listeners",
+    "serve_worker",
+    "supervise",
+]
+
+log = logging.getLogger("imapproxy")
+
+WORKER_FD_ENV = "IMAPPROXY_WORKER_FD"
+_ASK_TIMEOUT = 1.0
+_READY_TIMEOUT = 60.0  # a loaded machine starts Python slowly
+_RELOAD_TIMEOUT = 30.0
+
+
+# --- listening sockets ------------------------------------------------------------------
+def _reuseport_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+def _addresses(host: str, port: int) -> list[tuple[int, Any]]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    seen: list[tuple[int, Any]] = []
+    for family, _, _, _, sockaddr in infos:
+        if (family, sockaddr) not in seen:
+            seen.append((family, sockaddr))
+    return seen
+
+
+async def open_reuseport_listeners(port: int, *, host: str | None = None) -> list[Any]:
+    """``trio.open_tcp_listeners`` with ``SO_REUSEPORT``: several processes accept on one port."""
+    listeners = []
+    for family, sockaddr in _addresses(host or "0.0.0.0", port):
+        sock = _reuseport_socket(family)
+        sock.bind(sockaddr)
+        sock.listen(socket.SOMAXCONN)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+    return listeners
+
+
+def _reserve(address: Address) -> tuple[Address, list[socket.socket]]:
+    """Bind (not listen) ``address`` with SO_REUSEPORT: proves it is free and fixes port 0."""
+    held: list[socket.socket] = []
+    port = address.port
+    for family, sockaddr in _addresses(address.host, port):
+        sock = _reuseport_socket(family)
+        try:
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))  # the port the first one got
+        except OSError:
+            sock.close()
+            for s in held:
+                s.close()
+            raise
+        port = port or int(sock.getsockname()[1])
+        held.append(sock)
+    return Address(address.host, port), held
+
+
+# --- the worker side of the shared limits ---------------------------------------------
+class SharedLimits:
+    """A ``LimitBackend`` that asks the parent; a local Limiter if the parent stops answering."""
+
+    def __init__(self, fd: int, values: LimitValues) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._sock.settimeout(_ASK_TIMEOUT)
+        self._buf = b""
+        self._local: Limiter | None = None
+        self._values = values
+
+    def tell(self, **msg: Any) -> None:
+        if self._local is not None:
+            return
+        try:
+            self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as exc:
+            self._fall_back(exc)
+
+    def _ask(self, **msg: Any) -> Any:
+        self.tell(**msg)
+        try:
+            while b"\n" not in self._buf:
+                chunk = self._sock.recv(4096)
+                if not chunk:
+                    raise ConnectionResetError("the supervising parent closed the link")
+                self._buf += chunk
+        except OSError as exc:  # socket.timeout is an OSError
+            self._fall_back(exc)
+            return None
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)["r"]
+
+    def _fall_back(self, exc: Exception) -> None:
+        if self._local is None:
+            log_event(log, "limits_local", error=str(exc), level=logging.ERROR)
+            self._local = Limiter(self._values)
+
+    def update(self, values: LimitValues) -> None:
+        self._values = values
+        if self._local is not None:
+            self._local.update(values)
+        self.tell(op="update", values=_values_dict(values))
+
+    def open_session(self, ip: str) -> str | None:
+        if self._local is None:
+            answer = self._ask(op="open_session", ip=ip)
+            if self._local is None:
+                return answer  # type: ignore[no-any-return]
+        assert self._local is not None
+        return self._local.open_session(ip)
+
+    def close_session(self, ip: str, user: str | None) -> None:
+        if self._local is not None:
+            self._local.close_session(ip, user)
+        self.tell(op="close_session", ip=ip, user=user)
+
+    def check_login(self, ip: str, user: str | None) -> LoginVerdict:
+        if self._local is None:
+            answer = self._ask(op="check_login", ip=ip, user=user)
+            if self._local is None:
+                return LoginVerdict(answer[0], answer[1])
+        assert self._local is not None
+        return self._local.check_login(ip, user)
+
+    def login_finished(self, ip: str, user: str | None, result: str) -> None:
+        if self._local is not None:
+            self._local.login_finished(ip, user, result)
+        self.tell(op="login_finished", ip=ip, user=user, result=result)
+
+
+def _values_dict(values: LimitValues) -> dict[str, Any]:
+    return {f: getattr(values, f) for f in LimitValues.__dataclass_fields__}
+
+
+# --- the parent ---------------------------------------------------------------------
+class _Ledger:
+    """What one worker holds in the shared Limiter, released when the worker dies."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.ips: Counter[str] = Counter()
+        self.users: Counter[str] = Counter()
+        self.inflight: list[tuple[str, str | None]] = []
+
+    def handle(self, msg: dict[str, Any]) -> Any:
+        lim, op = self.limiter, msg.get("op")
+        if op == "open_session":
+            refused = lim.open_session(msg["ip"])
+            if refused is None:
+                self.ips[msg["ip"]] += 1
+            return refused
+        if op == "check_login":
+            verdict = lim.check_login(msg["ip"], msg["user"])
+            if verdict.refused is None:
+                self.inflight.append((msg["ip"], msg["user"]))
+            return [verdict.refused, verdict.delay]
+        if op == "close_session":
+            lim.close_session(msg["ip"], msg["user"])
+            self.ips[msg["ip"]] -= 1
+            if msg["user"] is not None:
+                self.users[msg["user"]] -= 1
+        elif op == "login_finished":
+            lim.login_finished(msg["ip"], msg["user"], msg["result"])
+            with contextlib.suppress(ValueError):
+                self.inflight.remove((msg["ip"], msg["user"]))
+            if msg["result"] == "ok" and msg["user"] is not None:
+                self.users[msg["user"]] += 1
+        elif op == "update":
+            lim.update(LimitValues(**msg["values"]))
+        return None
+
+    def release(self) -> None:
+        for ip, user in self.inflight:
+            self.limiter.login_finished(ip, user, "abandoned")
+        for ip, n in self.ips.items():
+            for _ in range(max(0, n)):
+                self.limiter.close_session(ip, None)
+        for user, n in self.users.items():
+            for _ in range(max(0, n)):
+                self.limiter.close_session("", user)
+        self.inflight.clear()
+        self.ips.clear()
+        self.users.clear()
+
+
+class _Worker:
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.process: trio.Process | None = None
+        self.ready = trio.Event()
+        self.reloaded: trio.Event | None = None
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, argv: Sequence[str], count: int, metrics_dir: str) -> None:
+        self.cfg = cfg
+        self.argv = list(argv)
+        self.count = count
+        self.metrics_dir = metrics_dir
+        self.limiter = Limiter(limit_values(cfg.limits))
+        self.workers = [_Worker(i) for i in range(count)]
+        self.stopping = False
+        self.listen = cfg.listen
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "imapproxy", *self.argv, "--listen", str(self.listen)]
+
+    async def run(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                for worker in self.workers:
+                    nursery.start_soon(self._keep_running, worker)
+                with trio.move_on_after(_READY_TIMEOUT):
+                    for worker in self.workers:
+                        await worker.ready.wait()
+                pids = [w.process.pid for w in self.workers if w.process is not None]
+                log_event(log, "workers_ready", workers=pids, listen=str(self.listen))
+                sdnotify.ready()
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await self._reload()
+                        continue
+                    self.stopping = True
+                    sdnotify.stopping()
+                    log_event(log, "stopping", workers=len(self.workers))
+                    self._signal_all(signal.SIGTERM)
+                    break
+                with trio.move_on_after(self.cfg.limits.grace_period + 15) as late:
+                    while any(w.process is not None for w in self.workers):
+                        await trio.sleep(0.05)
+                if late.cancelled_caught:
+                    self._signal_all(signal.SIGKILL)
+                nursery.cancel_scope.cancel()
+        log_event(log, "stopped")
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signum)
+
+    async def _reload(self) -> None:
+        sdnotify.reloading()
+        live = [w for w in self.workers if w.process is not None]
+        for worker in live:
+            worker.reloaded = trio.Event()
+        self._signal_all(signal.SIGHUP)
+        with trio.move_on_after(_RELOAD_TIMEOUT):
+            for worker in live:
+                assert worker.reloaded is not None
+                await worker.reloaded.wait()
+        log_event(log, "workers_reloaded", workers=len(live))
+        sdnotify.ready()
+
+    async def _keep_running(self, worker: _Worker) -> None:
+        backoff = 0.1
+        while not self.stopping:
+            started = time.monotonic()
+            code = await self._run_once(worker)
+            if self.stopping:
+                return
+            backoff = 0.1 if time.monotonic() - started > 30 else min(backoff * 2, 5.0)
+            log_event(
+                log, "worker_exited", slot=worker.slot, code=code, restart_in=backoff,
+                level=logging.ERROR,
+            )  # fmt: skip
+            await trio.sleep(backoff)
+
+    async def _run_once(self, worker: _Worker) -> int:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env[WORKER_FD_ENV] = str(theirs.fileno())
+        env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        env.pop("NOTIFY_SOCKET", None)  # only the main process notifies systemd
+        ledger = _Ledger(self.limiter)
+        try:
+            process = await trio.lowlevel.open_process(
+                self._command(), env=env, pass_fds=(theirs.fileno(),)
+            )
+        finally:
+            theirs.close()
+        worker.process = process
+        log_event(log, "worker_started", slot=worker.slot, pid=process.pid)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve_link, worker, stream, ledger)
+                code = await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            worker.process = None
+            ledger.release()
+            _mark_dead(process.pid, self.metrics_dir)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+        return code
+
+    async def _serve_link(
+        self, worker: _Worker, stream: trio.SocketStream, ledger: _Ledger
+    ) -> None:
+        buf = b""
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+            buf += data
+            replies = []
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                op = msg.get("op")
+                if op == "ready":
+                    worker.ready.set()
+                elif op == "reloaded":
+                    if worker.reloaded is not None:
+                        worker.reloaded.set()
+                elif op in ("open_session", "check_login"):
+                    replies.append(json.dumps({"r": ledger.handle(msg)}).encode() + b"\n")
+                else:
+                    ledger.handle(msg)
+            if replies:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(b"".join(replies))
+
+
+def _mark_dead(pid: int, path: str) -> None:
+    from imapproxy.telemetry.metrics import mark_process_dead
+
+    mark_process_dead(pid, path)
+
+
+def strip_workers(argv: Sequence[str]) -> list[str]:
+    """The command line without ``--workers N`` / ``--workers=N`` (and without ``--listen``,
+    which the parent passes with the concrete port)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--workers", "--listen"):
+            skip = True
+            continue
+        if arg.startswith(("--workers=", "--listen=")):
+            continue
+        out.append(arg)
+    return out
+
+
+def supervise(cfg: Config, argv: Sequence[str], count: int) -> int:
+    """Run the parent of ``count`` workers until SIGTERM; the process exit code."""
+    try:
+        listen, held = _reserve(cfg.listen)
+    except OSError as exc:
+        log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
+        print(f"imapproxy: {cfg.listen}: {exc}", file=sys.stderr)
+        return 1
+    metrics_dir = tempfile.mkdtemp(prefix="imapproxy-metrics-")
+    server = None
+    try:
+        if cfg.metrics.address is not None:
+            from imapproxy.telemetry.metrics import serve_multiprocess
+
+            server = serve_multiprocess(
+                cfg.metrics.address.host, cfg.metrics.address.port, metrics_dir
+            )
+        supervisor = Supervisor(cfg, strip_workers(argv), count, metrics_dir)
+        supervisor.listen = listen
+        trio.run(supervisor.run)
+        return 0
+    except OSError as exc:
+        log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
+        print(f"imapproxy: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        for sock in held:
+            sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+# --- the worker ---------------------------------------------------------------------
+class WorkerProxy(Proxy):
+    """The normal Proxy, bound with SO_REUSEPORT, telling the parent about reloads."""
+
+    open_listeners = staticmethod(open_reuseport_listeners)
+
+    def __init__(self, *args: Any, link: SharedLimits, **kwargs: Any) -> None:
+        super().__init__(*args, limits=link, **kwargs)
+        self.link = link
+
+    def reload(self) -> bool:
+        ok = super().reload()
+        self.link.tell(op="reloaded", ok=ok)
+        return ok
+
+
+class _WorkerPid(logging.Filter):
+    """Adds ``worker=<pid>`` to every structured log line of a worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = getattr(record, "imapproxy_fields", None)
+        record.imapproxy_fields = {**(fields or {}), "worker": os.getpid()}
+        return True
+
+
+def serve_worker(cfg: Config, reload: Callable[[], Config] | None, fd: int) -> int:
+    """Run one worker (the parent set ``IMAPPROXY_WORKER_FD``); the process exit code."""
+    for handler in logging.getLogger("imapproxy").handlers:
+        handler.addFilter(_WorkerPid())
+    link = SharedLimits(fd, limit_values(cfg.limits))
+    metrics = None
+    if cfg.metrics.address is not None:  # recorded here, served by the parent
+        from imapproxy.telemetry.metrics import Metrics
+
+        metrics = Metrics(process_metrics=False)
+    proxy = WorkerProxy(cfg, Telemetry(metrics), reload_config=reload, link=link)
+
+    async def main() -> None:
+        async with trio.open_nursery() as outer:
+            if metrics is not None:
+                outer.start_soon(_flush_every_second, metrics)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(proxy.serve)
+                link.tell(op="ready")
+            outer.cancel_scope.cancel()  # the proxy has stopped
+
+    failed = False
+    try:
+        trio.run(main)
+    except* OSError as group:
+        failed = True
+        for exc in group.exceptions:
+            log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
+    finally:
+        if metrics is not None:
+            metrics.flush_hot()
+    return 1 if failed else 0
+
+
+async def _flush_every_second(metrics: Metrics) -> None:
+    while True:
+        await trio.sleep(1.0)
+        metrics.flush_hot()
