@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -54,6 +54,7 @@ from imapproxy.server import sdnotify
 from imapproxy.server.guard import limit_values
 from imapproxy.server.limits import Limiter, LimitValues, LoginVerdict
 from imapproxy.server.listener import Proxy
+from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
 from imapproxy.telemetry.recorder import Telemetry
 
@@ -268,6 +269,7 @@ class Supervisor:
         self.limiter = Limiter(limit_values(cfg.limits))
         self.workers = [_Worker(i) for i in range(count)]
         self.stopping = False
+        self.failed = False
         self.listen = cfg.listen
 
     def _command(self) -> list[str]:
@@ -281,18 +283,25 @@ class Supervisor:
                 with trio.move_on_after(_READY_TIMEOUT):
                     for worker in self.workers:
                         await worker.ready.wait()
-                pids = [w.process.pid for w in self.workers if w.process is not None]
-                log_event(log, "workers_ready", workers=pids, listen=str(self.listen))
-                sdnotify.ready()
-                async for signum in signals:
+                if all(w.ready.is_set() for w in self.workers):
+                    pids = [w.process.pid for w in self.workers if w.process is not None]
+                    log_event(log, "workers_ready", workers=pids, listen=str(self.listen))
+                    sdnotify.ready()
+                else:  # a worker that cannot start will not start on the next try either
+                    self.failed = True
+                    log_event(
+                        log, "fatal", error=f"workers not listening after {_READY_TIMEOUT:g}s",
+                        level=logging.CRITICAL,
+                    )  # fmt: skip
+                async for signum in signals if not self.failed else _nothing():
                     if signum == signal.SIGHUP:
                         await self._reload()
                         continue
-                    self.stopping = True
-                    sdnotify.stopping()
-                    log_event(log, "stopping", workers=len(self.workers))
-                    self._signal_all(signal.SIGTERM)
                     break
+                self.stopping = True
+                sdnotify.stopping()
+                log_event(log, "stopping", workers=len(self.workers))
+                self._signal_all(signal.SIGTERM)
                 with trio.move_on_after(self.cfg.limits.grace_period + 15) as late:
                     while any(w.process is not None for w in self.workers):
                         await trio.sleep(0.05)
@@ -309,6 +318,7 @@ class Supervisor:
 
     async def _reload(self) -> None:
         sdnotify.reloading()
+        logs.reopen()  # the parent's own log file, like a single process does
         live = [w for w in self.workers if w.process is not None]
         for worker in live:
             worker.reloaded = trio.Event()
@@ -394,6 +404,11 @@ class Supervisor:
                     await stream.send_all(b"".join(replies))
 
 
+async def _nothing() -> AsyncIterator[int]:
+    return
+    yield  # an empty async iterator
+
+
 def _mark_dead(pid: int, path: str) -> None:
     from imapproxy.telemetry.metrics import mark_process_dead
 
@@ -438,7 +453,7 @@ def supervise(cfg: Config, argv: Sequence[str], count: int) -> int:
         supervisor = Supervisor(cfg, strip_workers(argv), count, metrics_dir)
         supervisor.listen = listen
         trio.run(supervisor.run)
-        return 0
+        return 1 if supervisor.failed else 0
     except OSError as exc:
         log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
         print(f"imapproxy: {exc}", file=sys.stderr)
