@@ -36,7 +36,8 @@ def test_reserve_fixes_port_zero_and_refuses_a_busy_port() -> None:
     address, held = _reserve(Address("127.0.0.1", 0))
     try:
         assert address.port != 0
-        again, more = _reserve(address)  # SO_REUSEPORT: a second reservation is allowed
+        again, more = _reserve(address)
+        assert again == address  # SO_REUSEPORT: a second reservation is allowed
         for s in more:
             s.close()
     finally:
