@@ -39,6 +39,9 @@ _REFUSALS = {
 }
 
 
+_ONE_AT_A_TIME = b"NO [LIMIT] One login at a time"
+
+
 class LimitBackend(Protocol):
     """What ``server.limits.Limiter`` offers (and the cross-worker client mirrors)."""
 
@@ -81,6 +84,11 @@ class SessionGuard:
         self.user: str | None = None  # the user this session counts for, once logged in
 
     def gate(self, user: str | None) -> bytes | None:
+        if self._inflight:
+            # One login in flight per session: a guesser pipelining LOGINs in one write
+            # would otherwise have them all at the server before the first failure counts.
+            self.hit("pipelined", user)
+            return _ONE_AT_A_TIME
         verdict = self._backend.check_login(self._ip, user)
         # Pipelined attempts add up: each one waits its own delay.
         self.delay += verdict.delay

@@ -6,9 +6,11 @@ No sockets, no trio, the clock injected: tests step time by hand. The driver sid
 * ``open_session(ip)``: may this address open one more session? (``limits.max_sessions_per_ip``)
 * ``check_login(ip, user)``: may a LOGIN/AUTHENTICATE naming ``user`` (None: not known yet)
   go to the server? The answer carries a refusal reason (or None) and a delay the proxy
-  waits before acting on it. Allowed attempts are counted as *in flight* until
-  ``login_finished``: a guesser who pipelines a thousand LOGINs in one write is judged as if
-  each of them had already failed, so pipelining cannot outrun the failure count.
+  waits before acting on it. Allowed attempts stay *in flight* until ``login_finished``
+  (bookkeeping for a worker that dies mid-login). Concurrent logins from one address (a NAT
+  of many users) are not failures; a guesser pipelining LOGINs in one session is bounded by
+  ``SessionGuard`` (one login in flight per session), and parallel sessions by
+  ``max_sessions_per_ip``.
 * ``login_finished(ip, user, result)``: ``ok`` counts a session for the user
   (``limits.max_sessions_per_user``), ``failed`` records a failure for the address and the
   user, anything else just ends the in-flight attempt.
@@ -129,7 +131,7 @@ class Limiter:
             if entry is None:
                 continue
             failed = len(entry.times)
-            if failed + entry.inflight >= limit:
+            if failed >= limit:
                 entry.strikes += 1
                 return LoginVerdict(reason, self._delay(failed + entry.strikes - 1))
             entry.strikes = 0

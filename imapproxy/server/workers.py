@@ -258,6 +258,7 @@ class _Worker:
         self.process: trio.Process | None = None
         self.ready = trio.Event()
         self.reloaded: trio.Event | None = None
+        self.reload_when_ready = False  # a SIGHUP came while it was starting
 
 
 class Supervisor:
@@ -319,10 +320,17 @@ class Supervisor:
     async def _reload(self) -> None:
         sdnotify.reloading()
         logs.reopen()  # the parent's own log file, like a single process does
-        live = [w for w in self.workers if w.process is not None]
+        # Only workers that are listening have their signal handlers (SIGHUP's default action
+        # would kill one still starting); a starting one is told once it is ready.
+        live = [w for w in self.workers if w.process is not None and w.ready.is_set()]
+        for worker in self.workers:
+            if worker not in live:
+                worker.reload_when_ready = True
         for worker in live:
             worker.reloaded = trio.Event()
-        self._signal_all(signal.SIGHUP)
+            assert worker.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGHUP)
         with trio.move_on_after(_RELOAD_TIMEOUT):
             for worker in live:
                 assert worker.reloaded is not None
@@ -351,6 +359,8 @@ class Supervisor:
         env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.pop("NOTIFY_SOCKET", None)  # only the main process notifies systemd
         ledger = _Ledger(self.limiter)
+        if worker.ready.is_set():  # a restart: readiness is per process
+            worker.ready = trio.Event()
         try:
             process = await trio.lowlevel.open_process(
                 self._command(), env=env, pass_fds=(theirs.fileno(),)
@@ -392,6 +402,9 @@ class Supervisor:
                 op = msg.get("op")
                 if op == "ready":
                     worker.ready.set()
+                    if worker.reload_when_ready and worker.process is not None:
+                        worker.reload_when_ready = False
+                        worker.process.send_signal(signal.SIGHUP)
                 elif op == "reloaded":
                     if worker.reloaded is not None:
                         worker.reloaded.set()

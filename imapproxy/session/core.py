@@ -242,8 +242,7 @@ class Session:
             self._start_authenticate(cmd, ev.raw)
         policy = self.policy
         gated = self.settings.login_gate is not None and name == "LOGIN"
-        if (policy is not None and policy.needs_arguments(name)) or (gated and ev.literal):
-            # A LOGIN whose user name may be a literal is held until the name is known.
+        if policy is not None and policy.needs_arguments(name):
             self._held = [ev.raw]
             self._held_payload = 0
             if ev.literal is None:
@@ -261,7 +260,10 @@ class Session:
         else:
             raw = ev.raw
         if gated or (name == "AUTHENTICATE" and self._authenticating is None):
-            user = login_user(ev.raw) if gated else cmd.user
+            # A user name sent as a literal is not known yet: the gate judges the address
+            # only (holding the line would answer the client's "+" ourselves and break
+            # byte-exact pass-through).
+            user = (login_user(ev.raw) if ev.literal is None else None) if gated else cmd.user
             if self._login_gated(cmd, user, ev.literal):
                 return
         self._pending[ev.tag] = cmd

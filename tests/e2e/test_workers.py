@@ -172,17 +172,22 @@ def test_worker_restart_and_reload(farm: Farm, dovecot: Dovecot, tmp_path: Path)
     replacement = int(started[-1]["pid"])  # type: ignore[call-overload]
     assert replacement not in (victim, survivor)
     assert farm.events("worker_exited")
-    time.sleep(1.0)  # let the replacement bind
+    farm.wait_event("listening", 3)  # the replacement is listening
 
-    # SIGHUP reloads both workers: the new rule answers NOOP in both.
+    # SIGHUP reloads both workers: the new rule answers NOOP in both, and a session opened
+    # before the reload stays up and gets the new rule too.
+    account = new_account(dovecot)
+    login = b"LOGIN %s %s" % (account.name.encode(), account.password.encode())
+    before = ClientFrom(("127.0.0.1", farm.port), "127.0.4.1")
+    assert before.command(b"a", login)[-1].startswith(b"a OK")
     config = tmp_path / "imapproxy.yaml"
     rules = "rules:\n  - {name: no-noop, when: {command: [NOOP]}, action: block}\n"
     config.write_text(CONFIG.format(log=farm.log, metrics=farm.metrics_port, rules=rules))
     farm.proc.send_signal(signal.SIGHUP)
     farm.wait_event("workers_reloaded", 1)
     assert len(farm.events("reloaded")) == 2
-    account = new_account(dovecot)
-    login = b"LOGIN %s %s" % (account.name.encode(), account.password.encode())
+    assert before.command(b"b", b"NOOP")[-1].startswith(b"b NO [no-noop]")
+    before.close()
     served = _sessions_on_both(farm, login)
     assert set(served) == {survivor, replacement}
     for replies in served.values():
