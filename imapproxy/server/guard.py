@@ -111,6 +111,9 @@ class SessionGuard:
             users.remove(user)
         elif not users:
             return  # not one the gate let through (no gate then): nothing to settle
+        # The note knows the user even when the gate did not (a LOGIN with a literal name):
+        # the failure, or the session, counts for that user too.
+        user = note.user if note.user is not None else user
         self._backend.login_finished(self._ip, user, note.result)
         if note.result == "ok" and user is not None:
             self.user = user

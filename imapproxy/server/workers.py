@@ -230,8 +230,10 @@ class _Ledger:
                 self.users[msg["user"]] -= 1
         elif op == "login_finished":
             lim.login_finished(msg["ip"], msg["user"], msg["result"])
-            with contextlib.suppress(ValueError):
-                self.inflight.remove((msg["ip"], msg["user"]))
+            for entry in ((msg["ip"], msg["user"]), (msg["ip"], None)):  # None: name unknown
+                if entry in self.inflight:
+                    self.inflight.remove(entry)
+                    break
             if msg["result"] == "ok" and msg["user"] is not None:
                 self.users[msg["user"]] += 1
         elif op == "update":

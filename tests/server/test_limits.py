@@ -79,3 +79,17 @@ def test_per_user_failures_hold_across_addresses() -> None:
         lim.login_finished(f"10.0.1.{i}", "carol", "failed")
     assert lim.check_login("10.0.1.50", "CAROL").refused == "login_failures_user"
     assert lim.check_login("10.0.1.50", "dave").refused is None
+
+
+def test_a_literal_login_failure_still_counts_for_the_user() -> None:
+    from imapproxy.server.guard import SessionGuard
+    from imapproxy.session.output import LoginDone
+    from imapproxy.telemetry.recorder import Telemetry
+
+    lim = Limiter(LimitValues(failures_per_ip=100, failures_per_user=1))
+    guard = SessionGuard(lim, "10.0.0.1", "10.0.0.1:1000", Telemetry(None))
+    assert guard.gate(None) is None  # the name was a literal: not known at the gate
+    guard.login_done(LoginDone("LOGIN", "failed", "erin"))
+    assert lim.check_login("10.0.0.2", "erin").refused == "login_failures_user"
+    guard.close()
+    assert lim.sessions_of("10.0.0.1") == 0
