@@ -26,7 +26,8 @@ from imapproxy.config.loader import (
     parse_workers,
 )
 from imapproxy.server.listener import Proxy, reloader
-from imapproxy.server.workers import WORKER_FD_ENV, serve_worker, supervise
+from imapproxy.server.worker import WORKER_FD_ENV, serve_worker
+from imapproxy.server.workers import supervise
 from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
 from imapproxy.telemetry.recorder import Telemetry

@@ -8,7 +8,7 @@ is the time the driver waits before acting on the output that contains a gated l
 (``imapproxy_limit_hits_total{reason}``) and logged once per session and reason.
 
 The bookkeeping behind it is a ``LimitBackend``: the in-process ``Limiter`` with one worker,
-or ``workers.SharedLimits``, which asks the supervising parent, with several.
+or ``worker.SharedLimits``, which asks the supervising parent, with several.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ worker starts; port 0 is resolved once, so every worker and every restart uses t
 port), then starts the workers: ``python -m imapproxy`` with the same arguments, the
 concrete ``--listen``, one end of a socketpair in ``IMAPPROXY_WORKER_FD`` and the shared
 ``PROMETHEUS_MULTIPROC_DIR``. Each worker binds its own ``SO_REUSEPORT`` listeners and runs the
-normal ``Proxy``; the kernel spreads new connections over them.
+normal ``Proxy`` (``server.worker``, ``server.reuseport``); the kernel spreads new
+connections over them.
 
 The parent restarts a worker that dies (backoff 0.1 s doubling to 5 s, reset after a worker
 ran 30 s), forwards SIGHUP to every worker (each reloads its config; sessions stay up) and
@@ -16,7 +17,7 @@ answered), STOPPING=1.
 
 Shared limits. Per-IP and per-user limits must hold across workers, so the bookkeeping
 (``server.limits.Limiter``) lives in the parent and the workers ask it over their socketpair
-(``SharedLimits``): one JSON line per question, one line back; notifications (a session
+(``worker.SharedLimits``): one JSON line per question, one line back; notifications (a session
 closed, a login finished) get no answer. Through the parent rather than in shared memory:
 the counts stay exact (no hashing of addresses into fixed slots), the Limiter stays plain
 Python, and when a worker dies the parent releases exactly what that worker held (its
@@ -44,161 +45,26 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import trio
 
-from imapproxy.config.loader import Address, Config
+from imapproxy.config.loader import Config
 from imapproxy.server import sdnotify
 from imapproxy.server.guard import limit_values
-from imapproxy.server.limits import Limiter, LimitValues, LoginVerdict
-from imapproxy.server.listener import Proxy
+from imapproxy.server.limits import Limiter, LimitValues
+from imapproxy.server.reuseport import reserve
+from imapproxy.server.worker import WORKER_FD_ENV
 from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
-from imapproxy.telemetry.recorder import Telemetry
 
-if TYPE_CHECKING:
-    from imapproxy.telemetry.metrics import Metrics
-
-__all__ = [
-    "WORKER_FD_ENV",
-    "SharedLimits",
-    "WorkerProxy",
-    "open_reuseport_listeners",
-    "serve_worker",
-    "supervise",
-]
+__all__ = ["Supervisor", "strip_workers", "supervise"]
 
 log = logging.getLogger("imapproxy")
 
-WORKER_FD_ENV = "IMAPPROXY_WORKER_FD"
-_ASK_TIMEOUT = 1.0
 _READY_TIMEOUT = 60.0  # a loaded machine starts Python slowly
 _RELOAD_TIMEOUT = 30.0
-
-
-# --- listening sockets ------------------------------------------------------------------
-def _reuseport_socket(family: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    return sock
-
-
-def _addresses(host: str, port: int) -> list[tuple[int, Any]]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    seen: list[tuple[int, Any]] = []
-    for family, _, _, _, sockaddr in infos:
-        if (family, sockaddr) not in seen:
-            seen.append((family, sockaddr))
-    return seen
-
-
-async def open_reuseport_listeners(port: int, *, host: str | None = None) -> list[Any]:
-    """``trio.open_tcp_listeners`` with ``SO_REUSEPORT``: several processes accept on one port."""
-    listeners = []
-    for family, sockaddr in _addresses(host or "0.0.0.0", port):
-        sock = _reuseport_socket(family)
-        sock.bind(sockaddr)
-        sock.listen(socket.SOMAXCONN)
-        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-    return listeners
-
-
-def _reserve(address: Address) -> tuple[Address, list[socket.socket]]:
-    """Bind (not listen) ``address`` with SO_REUSEPORT: proves it is free and fixes port 0."""
-    held: list[socket.socket] = []
-    port = address.port
-    for family, sockaddr in _addresses(address.host, port):
-        sock = _reuseport_socket(family)
-        try:
-            sock.bind((sockaddr[0], port, *sockaddr[2:]))  # the port the first one got
-        except OSError:
-            sock.close()
-            for s in held:
-                s.close()
-            raise
-        port = port or int(sock.getsockname()[1])
-        held.append(sock)
-    return Address(address.host, port), held
-
-
-# --- the worker side of the shared limits ---------------------------------------------
-class SharedLimits:
-    """A ``LimitBackend`` that asks the parent; a local Limiter if the parent stops answering."""
-
-    def __init__(self, fd: int, values: LimitValues) -> None:
-        self._sock = socket.socket(fileno=fd)
-        self._sock.settimeout(_ASK_TIMEOUT)
-        self._buf = b""
-        self._local: Limiter | None = None
-        self._values = values
-
-    def tell(self, **msg: Any) -> None:
-        if self._local is not None:
-            return
-        try:
-            self._sock.sendall(json.dumps(msg).encode() + b"\n")
-        except OSError as exc:
-            self._fall_back(exc)
-
-    def _ask(self, **msg: Any) -> Any:
-        self.tell(**msg)
-        try:
-            while b"\n" not in self._buf:
-                chunk = self._sock.recv(4096)
-                if not chunk:
-                    raise ConnectionResetError("the supervising parent closed the link")
-                self._buf += chunk
-        except OSError as exc:  # socket.timeout is an OSError
-            self._fall_back(exc)
-            return None
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)["r"]
-
-    def _fall_back(self, exc: Exception) -> None:
-        if self._local is None:
-            log_event(log, "limits_local", error=str(exc), level=logging.ERROR)
-            self._local = Limiter(self._values)
-
-    def update(self, values: LimitValues) -> None:
-        self._values = values
-        if self._local is not None:
-            self._local.update(values)
-        self.tell(op="update", values=_values_dict(values))
-
-    def open_session(self, ip: str) -> str | None:
-        if self._local is None:
-            answer = self._ask(op="open_session", ip=ip)
-            if self._local is None:
-                return answer  # type: ignore[no-any-return]
-        assert self._local is not None
-        return self._local.open_session(ip)
-
-    def close_session(self, ip: str, user: str | None) -> None:
-        if self._local is not None:
-            self._local.close_session(ip, user)
-        self.tell(op="close_session", ip=ip, user=user)
-
-    def check_login(self, ip: str, user: str | None) -> LoginVerdict:
-        if self._local is None:
-            answer = self._ask(op="check_login", ip=ip, user=user)
-            if self._local is None:
-                return LoginVerdict(answer[0], answer[1])
-        assert self._local is not None
-        return self._local.check_login(ip, user)
-
-    def login_finished(self, ip: str, user: str | None, result: str) -> None:
-        if self._local is not None:
-            self._local.login_finished(ip, user, result)
-        self.tell(op="login_finished", ip=ip, user=user, result=result)
-
-
-def _values_dict(values: LimitValues) -> dict[str, Any]:
-    return {f: getattr(values, f) for f in LimitValues.__dataclass_fields__}
 
 
 # --- the parent ---------------------------------------------------------------------
@@ -451,7 +317,7 @@ def strip_workers(argv: Sequence[str]) -> list[str]:
 def supervise(cfg: Config, argv: Sequence[str], count: int) -> int:
     """Run the parent of ``count`` workers until SIGTERM; the process exit code."""
     try:
-        listen, held = _reserve(cfg.listen)
+        listen, held = reserve(cfg.listen)
     except OSError as exc:
         log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
         print(f"imapproxy: {cfg.listen}: {exc}", file=sys.stderr)
@@ -480,68 +346,3 @@ def supervise(cfg: Config, argv: Sequence[str], count: int) -> int:
         for sock in held:
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-# --- the worker ---------------------------------------------------------------------
-class WorkerProxy(Proxy):
-    """The normal Proxy, bound with SO_REUSEPORT, telling the parent about reloads."""
-
-    open_listeners = staticmethod(open_reuseport_listeners)
-
-    def __init__(self, *args: Any, link: SharedLimits, **kwargs: Any) -> None:
-        super().__init__(*args, limits=link, **kwargs)
-        self.link = link
-
-    def reload(self) -> bool:
-        ok = super().reload()
-        self.link.tell(op="reloaded", ok=ok)
-        return ok
-
-
-class _WorkerPid(logging.Filter):
-    """Adds ``worker=<pid>`` to every structured log line of a worker."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        fields = getattr(record, "imapproxy_fields", None)
-        record.imapproxy_fields = {**(fields or {}), "worker": os.getpid()}
-        return True
-
-
-def serve_worker(cfg: Config, reload: Callable[[], Config] | None, fd: int) -> int:
-    """Run one worker (the parent set ``IMAPPROXY_WORKER_FD``); the process exit code."""
-    for handler in logging.getLogger("imapproxy").handlers:
-        handler.addFilter(_WorkerPid())
-    link = SharedLimits(fd, limit_values(cfg.limits))
-    metrics = None
-    if cfg.metrics.address is not None:  # recorded here, served by the parent
-        from imapproxy.telemetry.metrics import Metrics
-
-        metrics = Metrics(process_metrics=False)
-    proxy = WorkerProxy(cfg, Telemetry(metrics), reload_config=reload, link=link)
-
-    async def main() -> None:
-        async with trio.open_nursery() as outer:
-            if metrics is not None:
-                outer.start_soon(_flush_every_second, metrics)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(proxy.serve)
-                link.tell(op="ready")
-            outer.cancel_scope.cancel()  # the proxy has stopped
-
-    failed = False
-    try:
-        trio.run(main)
-    except* OSError as group:
-        failed = True
-        for exc in group.exceptions:
-            log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
-    finally:
-        if metrics is not None:
-            metrics.flush_hot()
-    return 1 if failed else 0
-
-
-async def _flush_every_second(metrics: Metrics) -> None:
-    while True:
-        await trio.sleep(1.0)
-        metrics.flush_hot()

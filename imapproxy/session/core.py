@@ -388,15 +388,15 @@ class Session:
         self._held = None
         raw = b"".join(held)
         policy = self.policy
+        assert policy is not None
         if cmd.name in _OBSERVED and complete:
             cmd.capture = [raw]
+        verdict = policy.decide(self._facts_for(cmd, raw), cmd.name, raw, complete)
         last_literal = literal_at_end(raw) if not complete else None
-        if policy is not None:
-            verdict = policy.decide(self._facts_for(cmd, raw), cmd.name, raw, complete)
-            if self._apply_verdict(cmd, verdict, last_literal):
-                return
-            if verdict.rewritten is not None:
-                raw = verdict.rewritten
+        if self._apply_verdict(cmd, verdict, last_literal):
+            return
+        if verdict.rewritten is not None:
+            raw = verdict.rewritten
         if self.settings.login_gate is not None and (
             cmd.name == "LOGIN" or (cmd.name == "AUTHENTICATE" and self._authenticating is None)
         ):

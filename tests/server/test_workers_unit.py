@@ -8,7 +8,8 @@ import pytest
 
 from imapproxy.config.loader import Address
 from imapproxy.server.limits import Limiter, LimitValues
-from imapproxy.server.workers import _Ledger, _reserve, strip_workers
+from imapproxy.server.reuseport import reserve
+from imapproxy.server.workers import _Ledger, strip_workers
 
 
 def test_strip_workers_drops_the_flags_the_parent_replaces() -> None:
@@ -33,10 +34,10 @@ def test_a_dead_workers_holdings_are_released() -> None:
 
 
 def test_reserve_fixes_port_zero_and_refuses_a_busy_port() -> None:
-    address, held = _reserve(Address("127.0.0.1", 0))
+    address, held = reserve(Address("127.0.0.1", 0))
     try:
         assert address.port != 0
-        again, more = _reserve(address)
+        again, more = reserve(address)
         assert again == address  # SO_REUSEPORT: a second reservation is allowed
         for s in more:
             s.close()
@@ -47,4 +48,4 @@ def test_reserve_fixes_port_zero_and_refuses_a_busy_port() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(OSError):
-            _reserve(Address("127.0.0.1", busy.getsockname()[1]))
+            reserve(Address("127.0.0.1", busy.getsockname()[1]))
