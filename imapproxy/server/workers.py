@@ -317,11 +317,21 @@ def strip_workers(argv: Sequence[str]) -> list[str]:
 
 def supervise(cfg: Config, argv: Sequence[str], count: int) -> int:
     """Run the parent of ``count`` workers until SIGTERM; the process exit code."""
+    held: list[socket.socket] = []
+    addresses = [cfg.listen] + ([cfg.listen_tls.address] if cfg.listen_tls is not None else [])
     try:
-        listen, held = reserve(cfg.listen)
+        if cfg.listen_tls is not None and cfg.listen_tls.address.port == 0:
+            raise OSError("listen_tls needs a port with --workers (port 0 would differ per worker)")
+        for address in addresses:
+            reserved, sockets = reserve(address)
+            held += sockets
+            if address is cfg.listen:
+                listen = reserved
     except OSError as exc:
+        for sock in held:
+            sock.close()
         log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
-        print(f"imapproxy: {cfg.listen}: {exc}", file=sys.stderr)
+        print(f"imapproxy: {address}: {exc}", file=sys.stderr)
         return 1
     metrics_dir = tempfile.mkdtemp(prefix="imapproxy-metrics-")
     server = None

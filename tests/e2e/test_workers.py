@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -196,3 +197,18 @@ def test_worker_restart_and_reload(farm: Farm, dovecot: Dovecot, tmp_path: Path)
 
     farm.proc.send_signal(signal.SIGTERM)
     assert farm.proc.wait(timeout=20) == 0
+
+
+def test_a_busy_port_fails_once_before_any_worker_starts(dovecot: Dovecot) -> None:
+    with socket.socket() as busy:  # an ordinary listener (no SO_REUSEPORT) owns the port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "imapproxy", "--workers", "2", "--metrics", "off",
+             "--upstream", "{}:{}".format(*dovecot.address), "--listen", f"127.0.0.1:{port}"],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert b"Address already in use" in result.stderr
+    assert b"worker_started" not in result.stderr and b"Traceback" not in result.stderr
