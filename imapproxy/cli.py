@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -22,9 +23,12 @@ from imapproxy.config.loader import (
     Upstream,
     check_config,
     load_config,
+    parse_workers,
 )
 from imapproxy.server.capacity import raise_fd_limit
 from imapproxy.server.listener import Proxy, reloader
+from imapproxy.server.worker import WORKER_FD_ENV, serve_worker
+from imapproxy.server.workers import supervise
 from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
 from imapproxy.telemetry.recorder import Telemetry
@@ -44,6 +48,13 @@ def _address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _workers(text: str) -> int:
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _run_parser(prog: str = "imapproxy") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -57,6 +68,11 @@ def _run_parser(prog: str = "imapproxy") -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config file")
     p.add_argument(
         "--metrics", help="Prometheus exporter HOST:PORT, or 'off' (default 127.0.0.1:9143)"
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes sharing the ports: N or 'auto' (one per CPU; default 1)",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
@@ -106,6 +122,12 @@ def run(argv: Sequence[str]) -> int:
         return 2
     logs.configure(cfg.log.level, cfg.log.format, cfg.log.file)
     reload = reloader(args.config, apply) if args.config else None
+    worker_fd = os.environ.get(WORKER_FD_ENV)
+    if worker_fd is not None:  # started by a supervising parent (server.workers)
+        return serve_worker(cfg, reload, int(worker_fd))
+    workers = args.workers if args.workers is not None else cfg.workers
+    if workers > 1:
+        return supervise(cfg, argv, workers)
     return serve(cfg, reload)
 
 

@@ -13,6 +13,7 @@ A section set to null (``metrics:`` with everything below commented out) means i
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ __all__ = [
     "Limits",
     "Listen",
     "LogConfig",
+    "LoginFailures",
     "MetricsConfig",
     "TLSListen",
     "Upstream",
@@ -134,12 +136,27 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginFailures:
+    """Failed logins allowed per client address and per user within ``window`` seconds."""
+
+    per_ip: int = 10
+    per_user: int = 5
+    window: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_line: int = 65536
     idle_timeout: float = 1860.0
     grace_period: float = 30.0
     max_sessions: int = 10000
     proxy_header_timeout: float = 5.0  # seconds for a PROXY header to arrive complete
+    # Abuse limits (server/limits.py); 0 switches a count limit off.
+    max_sessions_per_ip: int = 50
+    max_sessions_per_user: int = 20
+    login_failures: LoginFailures = field(default_factory=LoginFailures)
+    auth_timeout: float = 60.0  # seconds to log in before * BYE
+    max_pipelined: int = 1000  # commands in flight per session
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +188,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
+    workers: int = 1  # worker processes (server/workers.py); 0 in the file means "auto"
 
 
 _PROXY_KEYS = ("proxy_protocol", "trusted_networks")
@@ -185,6 +203,7 @@ _TOP_KEYS = (
     "limits",
     "rules",
     "rules_file",
+    "workers",
 )
 
 
@@ -214,7 +233,28 @@ def load_config(path: Path) -> Config:
         config = replace(config, log=values.log(node))
     if (node := top.get("limits")) is not None:
         config = replace(config, limits=values.limits(node))
+    if (node := top.get("workers")) is not None:
+        config = replace(config, workers=_workers(node))
     return replace(config, rules=tuple(_rules(top, base)))
+
+
+def parse_workers(text: str) -> int:
+    """``--workers`` / ``workers:``: a count from 1, or ``auto`` (one per CPU the process may
+    use); ValueError with a one-line reason."""
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise ValueError(f"workers must be a number from 1 to 1024 or 'auto', got {text!r}")
+    return int(text)
+
+
+def _workers(node: YNode) -> int:
+    if isinstance(node.node, ScalarNode) and node.node.value == "auto":
+        return parse_workers("auto")
+    count = node.as_int("workers", minimum=1)
+    if count > 1024:
+        node.fail(f"workers must be at most 1024, got {count}")
+    return count
 
 
 def check_config(path: Path) -> str | None:
@@ -409,8 +449,12 @@ class _Reader:
     def limits(self, node: YNode) -> Limits:
         section = node.as_mapping("limits")
         section.check_keys(
-            ("max_line", "idle_timeout", "grace_period", "max_sessions", "proxy_header_timeout")
-        )
+            (
+                "max_line", "idle_timeout", "grace_period", "max_sessions", "max_sessions_per_ip",
+                "max_sessions_per_user", "login_failures", "auth_timeout", "max_pipelined",
+                "proxy_header_timeout",
+            )
+        )  # fmt: skip
         result = Limits()
         if (value := section.get("max_line")) is not None:
             result = replace(result, max_line=value.as_int("limits.max_line", minimum=1024))
@@ -426,4 +470,31 @@ class _Reader:
         if (value := section.get("proxy_header_timeout")) is not None:
             timeout = value.as_number("limits.proxy_header_timeout")
             result = replace(result, proxy_header_timeout=timeout)
+        if (value := section.get("max_sessions_per_ip")) is not None:
+            per_ip = value.as_int("limits.max_sessions_per_ip", minimum=0)
+            result = replace(result, max_sessions_per_ip=per_ip)
+        if (value := section.get("max_sessions_per_user")) is not None:
+            per_user = value.as_int("limits.max_sessions_per_user", minimum=0)
+            result = replace(result, max_sessions_per_user=per_user)
+        if (value := section.get("auth_timeout")) is not None:
+            result = replace(result, auth_timeout=value.as_number("limits.auth_timeout"))
+        if (value := section.get("max_pipelined")) is not None:
+            pipelined = value.as_int("limits.max_pipelined", minimum=1)
+            result = replace(result, max_pipelined=pipelined)
+        if (value := section.get("login_failures")) is not None:
+            result = replace(result, login_failures=self._login_failures(value))
+        return result
+
+    def _login_failures(self, node: YNode) -> LoginFailures:
+        section = node.as_mapping("limits.login_failures")
+        section.check_keys(("per_ip", "per_user", "window"))
+        result = LoginFailures()
+        if (value := section.get("per_ip")) is not None:
+            result = replace(result, per_ip=value.as_int("limits.login_failures.per_ip", minimum=0))
+        if (value := section.get("per_user")) is not None:
+            per_user = value.as_int("limits.login_failures.per_user", minimum=0)
+            result = replace(result, per_user=per_user)
+        if (value := section.get("window")) is not None:
+            window = value.as_number("limits.login_failures.window")
+            result = replace(result, window=window)
         return result

@@ -179,9 +179,13 @@ class TLSListener(trio.abc.Listener[trio.SSLStream[trio.SocketStream]]):
         await self.transport.aclose()
 
 
-async def tls_listeners(listen_tls: TLSListen, context: ssl.SSLContext) -> list[TLSListener]:
+async def tls_listeners(
+    listen_tls: TLSListen,
+    context: ssl.SSLContext,
+    open_listeners: Callable[..., Awaitable[list[trio.SocketListener]]] = trio.open_tcp_listeners,
+) -> list[TLSListener]:
     address = listen_tls.address
-    transports = await trio.open_tcp_listeners(address.port, host=address.host)
+    transports = await open_listeners(address.port, host=address.host)
     return [TLSListener(t, context) for t in transports]
 
 

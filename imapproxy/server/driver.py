@@ -36,10 +36,12 @@ from imapproxy.net.streams import (
     tls_details,
 )
 from imapproxy.server.capacity import capacity_log, resource_error
+from imapproxy.server.guard import SessionGuard
 from imapproxy.session.core import Session
 from imapproxy.session.output import (
     CommandBlocked,
     CommandDone,
+    LimitHit,
     LoginDone,
     Output,
     ProtocolIssue,
@@ -66,6 +68,8 @@ class SessionContext:
     connect_timeout: float = 10.0
     idle_timeout: float = 1860.0  # IDLE clients re-issue IDLE every <= 29 minutes
     start_client_tls: ClientTLSStarter | None = None
+    guard: SessionGuard | None = None  # abuse limits (server.guard)
+    auth_timeout: float = 0.0  # seconds to log in before * BYE; 0: no deadline
 
 
 class _SessionOver(Exception):
@@ -187,6 +191,8 @@ class SessionDriver:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_client)
                     nursery.start_soon(self._pump_upstream, nursery)
+                    if self.ctx.auth_timeout and self.session.user is None:
+                        nursery.start_soon(self._auth_deadline)
             except* _SessionOver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
         if self._idle_scope.cancelled_caught and self.close_reason == "unknown":
@@ -225,7 +231,11 @@ class SessionDriver:
             except CONNECTION_ERRORS:
                 data = b""
             self._touch()
-            await self._execute(session.client_data(data))
+            out = session.client_data(data)
+            guard = self.ctx.guard
+            if guard is not None and guard.delay:
+                await trio.sleep(guard.take_delay())  # a throttled login (server.limits)
+            await self._execute(out)
             if not data:
                 self._stream_ended("client closed the connection")
 
@@ -254,6 +264,17 @@ class SessionDriver:
             await self._complete(out, upstream=False)
             if not data:
                 self._stream_ended("upstream closed the connection")
+
+    async def _auth_deadline(self) -> None:
+        """``limits.auth_timeout``: a session not logged in by then is told so and closed."""
+        await trio.sleep(self.ctx.auth_timeout)
+        if self.session.user is not None:
+            return
+        if self.ctx.guard is not None:
+            self.ctx.guard.hit("auth_timeout")
+        self.close_reason = "auth timeout"
+        await self._last_words(b"* BYE Authentication timeout\r\n", 2)
+        raise _SessionOver
 
     def _stream_ended(self, reason: str) -> NoReturn:
         """A pump stops at EOF: reading again could spin for ever, since a broken SSLStream
@@ -329,6 +350,11 @@ class SessionDriver:
                     self._log_command(note)
             elif isinstance(note, LoginDone):
                 tel.login(note)
+                if self.ctx.guard is not None:
+                    self.ctx.guard.login_done(note)
+            elif isinstance(note, LimitHit):
+                if self.ctx.guard is not None:
+                    self.ctx.guard.hit(note.reason)
             elif isinstance(note, RuleHit):
                 tel.rule_matched(note)
             elif isinstance(note, CommandBlocked):

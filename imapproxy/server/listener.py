@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -33,6 +33,8 @@ from imapproxy.policy import Policy, SessionFacts
 from imapproxy.server import sdnotify
 from imapproxy.server.capacity import capacity_log, resource_error
 from imapproxy.server.driver import SessionContext, SessionDriver
+from imapproxy.server.guard import LimitBackend, SessionGuard, limit_values, report_hit
+from imapproxy.server.limits import Limiter
 from imapproxy.server.proxy_in import ProxyAccept, receive_origin
 from imapproxy.session.settings import SessionSettings
 from imapproxy.telemetry import logs
@@ -51,6 +53,7 @@ class Proxy:
         telemetry: Telemetry,
         *,
         reload_config: Callable[[], Config] | None = None,
+        limits: LimitBackend | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry
@@ -66,6 +69,8 @@ class Proxy:
         self._client_tls = ClientSideTLS()
         self._dial_upstream: Dialer | None = None
         self._tls_listeners: list[TLSListener] = []
+        # Per-IP / per-user bookkeeping; a worker of several is given the shared one.
+        self.limits: LimitBackend = limits or Limiter(limit_values(config.limits))
 
     # --- configuration -----------------------------------------------------------------
     def _session_settings(self, config: Config) -> tuple[SessionSettings, Policy | None]:
@@ -74,6 +79,7 @@ class Proxy:
         settings = SessionSettings(
             max_line=config.limits.max_line,
             offer_starttls=client_tls is not None,
+            max_pipelined=config.limits.max_pipelined,
             require_tls=client_tls is not None and client_tls.require,
             # Read per command, so a reload reaches sessions already open.
             policy_source=self._current_policy,
@@ -106,6 +112,7 @@ class Proxy:
             sdnotify.ready()
             return False
         self.config = new
+        self.limits.update(limit_values(new.limits))
         if policy is not None and self._policy is not None:
             policy.carry_over(self._policy)  # keep what was learned (the hierarchy delimiter)
         self._settings = settings
@@ -118,6 +125,11 @@ class Proxy:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # A worker of several (server.workers) binds with SO_REUSEPORT instead.
+    open_listeners: Callable[..., Awaitable[list[trio.SocketListener]]] = staticmethod(
+        trio.open_tcp_listeners
+    )
 
     # --- serving -----------------------------------------------------------------------
     async def serve(
@@ -136,13 +148,13 @@ class Proxy:
         cfg = self.config
         self._endpoints(cfg)  # a TLSSetupError is an OSError: reported like a busy port
         address = cfg.listen.address
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        listeners = await self.open_listeners(address.port, host=address.host)
         named: list[tuple[trio.SocketListener | TLSListener, str]] = [
             (lst, "plain") for lst in listeners
         ]
         if cfg.listen_tls is not None and self._client_tls.listen_context is not None:
             self._tls_listeners = await tls_listeners(
-                cfg.listen_tls, self._client_tls.listen_context
+                cfg.listen_tls, self._client_tls.listen_context, self.open_listeners
             )
             named += [(lst, "tls") for lst in self._tls_listeners]
         self.bound = [_sockname(lst) for lst, _ in named]
@@ -243,14 +255,18 @@ class Proxy:
                 return
             origin = carried
         peer = origin.client_text
+        ip = str(origin.client[0])  # the carried address when behind a balancer
         if self.active >= self.config.limits.max_sessions:
-            with trio.move_on_after(2):
-                try:
-                    await stream.send_all(b"* BYE [UNAVAILABLE] Too many connections\r\n")
-                    await stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+            report_hit(self.telemetry, "sessions", peer)
+            await _turn_away(stream, b"* BYE [UNAVAILABLE] Too many connections\r\n")
             return
+        if self.limits.open_session(ip) is not None:
+            report_hit(self.telemetry, "sessions_per_ip", peer)
+            await _turn_away(
+                stream, b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+            )
+            return
+        guard = SessionGuard(self.limits, ip, peer, self.telemetry)
         self.active += 1
         self._idle = trio.Event() if self.active == 1 else self._idle
         driver: SessionDriver | None = None
@@ -259,7 +275,7 @@ class Proxy:
                 stream, self.telemetry, peer
             ):
                 return
-            driver = SessionDriver(self._context(origin, listener), stream, peer)
+            driver = SessionDriver(self._context(origin, listener, guard), stream, peer)
             self._drivers.add(driver)
             await driver.run()
         except Exception:  # whatever went wrong, it ends this session, never the process
@@ -269,6 +285,7 @@ class Proxy:
         finally:
             if driver is not None:
                 self._drivers.discard(driver)
+            guard.close()
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
@@ -282,13 +299,14 @@ class Proxy:
             return None
         return ProxyAccept(lst.trusted_networks, cfg.limits.proxy_header_timeout)
 
-    def _context(self, origin: ClientOrigin, listener: str) -> SessionContext:
+    def _context(self, origin: ClientOrigin, listener: str, guard: SessionGuard) -> SessionContext:
         cfg = self.config
         assert cfg.upstream is not None and self._dial_upstream is not None
         settings = dataclasses.replace(
             self._settings,
             client_ip=origin.client[0],  # the carried address when behind a balancer
             client_tls_active=listener == "tls",
+            login_gate=guard.gate,
         )
         return SessionContext(
             settings=settings,
@@ -298,7 +316,18 @@ class Proxy:
             connect_timeout=cfg.upstream.connect_timeout,
             idle_timeout=cfg.limits.idle_timeout,
             start_client_tls=self._client_tls.start_tls,
+            guard=guard,
+            auth_timeout=cfg.limits.auth_timeout,
         )
+
+
+async def _turn_away(stream: trio.abc.Stream, line: bytes) -> None:
+    """Refuse a connection at accept: one line, then close; a client gone is no error."""
+    with trio.move_on_after(2):
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await stream.send_all(line)
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await stream.aclose()
 
 
 def _sockname(listener: trio.SocketListener | TLSListener) -> tuple[str, int]:

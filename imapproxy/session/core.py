@@ -70,6 +70,7 @@ from imapproxy.policy.mailboxes import decode_mailbox
 from imapproxy.session.output import (
     CommandBlocked,
     CommandDone,
+    LimitHit,
     LoginDone,
     Output,
     ProtocolIssue,
@@ -323,6 +324,10 @@ class Session:
         if self.settings.require_tls and not self.client_tls and name in ("LOGIN", "AUTHENTICATE"):
             self._refuse(cmd, ev.literal, b"NO [PRIVACYREQUIRED] Use STARTTLS first")
             return
+        if self.settings.max_pipelined and len(self._pending) >= self.settings.max_pipelined:
+            self._out.notes.append(LimitHit("pipelined"))
+            self._refuse(cmd, ev.literal, b"BAD [LIMIT] Too many commands in flight")
+            return
         if name == "AUTHENTICATE":
             self._start_authenticate(cmd, ev.raw)
         if ev.partial and policy is not None and self._reads_arguments(policy, name):
@@ -330,6 +335,7 @@ class Session:
             # whole (bounded memory); refused, the session goes on.
             self._refuse_command(cmd, ev, _TOO_LONG)
             return
+        gated = self.settings.login_gate is not None and name == "LOGIN"
         if policy is not None and policy.needs_arguments(name):
             self._held = [ev.raw]
             self._held_payload = 0
@@ -347,6 +353,13 @@ class Session:
             raw = verdict.rewritten if verdict.rewritten is not None else ev.raw
         else:
             raw = ev.raw
+        if gated or (name == "AUTHENTICATE" and self._authenticating is None):
+            # A user name sent as a literal is not known yet: the gate judges the address
+            # only (holding the line would answer the client's "+" ourselves and break
+            # byte-exact pass-through).
+            user = (login_user(ev.raw) if ev.literal is None else None) if gated else cmd.user
+            if self._login_gated(cmd, user, ev.literal):
+                return
         self._track(cmd)
         if self.client.silent_continuation:
             raw = as_sync(raw)
@@ -421,7 +434,7 @@ class Session:
         self._authenticating = None  # later lines answer challenges (LOGIN: the password)
         if cmd is not None and cmd.user is None and cmd.mechanism is not None:
             cmd.user = sasl_user(cmd.mechanism, ev.raw)
-            if cmd.user is not None and self._login_blocked(cmd):
+            if (cmd.user is not None and self._login_blocked(cmd)) or self._sasl_gated(cmd):
                 # The upstream is mid-exchange: cancel it (RFC 9051 6.2.2) and swallow its
                 # answer; the client already has ours.
                 self._to_upstream(b"*\r\n")
@@ -500,6 +513,12 @@ class Session:
             return
         if verdict.rewritten is not None:
             raw = verdict.rewritten
+        if self.settings.login_gate is not None and (
+            cmd.name == "LOGIN" or (cmd.name == "AUTHENTICATE" and self._authenticating is None)
+        ):
+            user = (login_user(raw) if complete else None) if cmd.name == "LOGIN" else cmd.user
+            if self._login_gated(cmd, user, last_literal):
+                return
         self._track(cmd)
         self._send_segmented(cmd.tag, raw, live_tail=not complete)
         if complete:
@@ -604,6 +623,32 @@ class Session:
         self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
         code = rule if _is_atom(rule) else "POLICY"
         self._answer(cmd, b"NO [%s] %s" % (code.encode(), message.encode()))
+        return True
+
+    def _login_gated(self, cmd: _Command, user: str | None, literal: LiteralHeader | None) -> bool:
+        """Ask the abuse-limit gate about a login before it is forwarded; True: refused."""
+        gate = self.settings.login_gate
+        refusal = gate(user) if gate is not None else None
+        if refusal is None:
+            return False
+        self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", user))
+        if self._authenticating is cmd:
+            self._authenticating = None
+        self._refuse(cmd, literal, refusal)
+        return True
+
+    def _sasl_gated(self, cmd: _Command) -> bool:
+        """The gate for an AUTHENTICATE without initial response, at its first response (the
+        one naming the user); the upstream is mid-exchange: the caller cancels it."""
+        gate = self.settings.login_gate
+        refusal = gate(cmd.user) if gate is not None else None
+        if refusal is None:
+            return False
+        cmd.answered = True
+        if cmd.tag not in self._pending:
+            self._track(cmd)
+        self._out.notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
+        self._answer(cmd, refusal)
         return True
 
     def _client_error(self, exc: ProtocolError) -> None:

@@ -58,6 +58,13 @@ class ProtocolIssue(Note):
 
 
 @dataclass(frozen=True, slots=True)
+class LimitHit(Note):
+    """The session refused something because of an abuse limit (e.g. ``pipelined``)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseLogged(Note):
     """An untagged response a ``detail: full`` log rule asked to see (first line only)."""
 

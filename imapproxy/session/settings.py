@@ -58,3 +58,9 @@ class SessionSettings:
     # Confirmed literals: None (production) means "while rules are in force".
     confirm_literals: bool | None = None
     hide_capabilities: frozenset[bytes] = frozenset({b"STARTTLS", b"LOGINDISABLED"})
+    # Abuse limits (server.guard): consulted before a LOGIN/AUTHENTICATE goes upstream, with
+    # the user it names (None: not known, e.g. a LOGIN too large to hold). None lets it
+    # through; otherwise the text the proxy answers with (``NO [LIMIT] ...``), and the
+    # server never sees the attempt.
+    login_gate: Callable[[str | None], bytes | None] | None = None
+    max_pipelined: int = 0  # commands in flight above this are answered BAD; 0: no bound

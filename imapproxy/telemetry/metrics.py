@@ -50,6 +50,7 @@ __all__ = [
     "COMMAND_BUCKETS",
     "COMMAND_STATUSES",
     "DIRECTIONS",
+    "LIMIT_REASONS",
     "LISTENERS",
     "LOGIN_RESULTS",
     "MECHANISMS",
@@ -79,6 +80,11 @@ SIDES = ("client", "upstream")
 RESOURCE_REASONS = ("emfile", "enfile", "enomem", "enobufs")
 TLS_RESULTS = ("ok", "failed")
 RELOAD_RESULTS = ("ok", "failed")
+# Abuse limits (server/limits.py, server/guard.py): what was refused or ended.
+LIMIT_REASONS = (
+    "sessions", "sessions_per_ip", "sessions_per_user", "login_failures_ip",
+    "login_failures_user", "auth_timeout", "pipelined",
+)  # fmt: skip
 
 # Seconds to hours: sessions range from a quick poll to an all-day IDLE client.
 SESSION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
@@ -199,9 +205,12 @@ class Metrics:
         self._hot = _HotCollector()
         r.register(self._hot)
 
+        # multiprocess_mode: how the parent of several workers (server.workers) sums a gauge;
+        # ignored in a single process.
         self._sessions_active = Gauge(
-            "imapproxy_sessions_active", "Client sessions currently open.", registry=r
-        )
+            "imapproxy_sessions_active", "Client sessions currently open.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self._sessions_total = Counter(
             "imapproxy_sessions", "Client sessions accepted, by listener.", ["listener"], registry=r
         )
@@ -256,11 +265,18 @@ class Metrics:
             ["leg", "reason"],
             registry=r,
         )
+        self._limit_hits = Counter(
+            "imapproxy_limit_hits",
+            "Clients refused or disconnected by an abuse limit, by limit.",
+            ["reason"],
+            registry=r,
+        )
         self._build_info = Gauge(
             "imapproxy_build_info",
             "Always 1; labels carry the imapproxy and Python versions.",
             ["version", "python"],
             registry=r,
+            multiprocess_mode="max",
         )
         self._config_reloads = Counter(
             "imapproxy_config_reloads", "Configuration reloads (SIGHUP), by result.", ["result"],
@@ -270,6 +286,7 @@ class Metrics:
             "imapproxy_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load (start-up or reload).",
             registry=r,
+            multiprocess_mode="max",
         )
 
         self._build_info.labels(__version__, platform.python_version()).set(1)
@@ -294,6 +311,7 @@ class Metrics:
             for leg in SIDES
             for why in RESOURCE_REASONS
         }
+        self._limit_inc = {v: self._limit_hits.labels(v).inc for v in LIMIT_REASONS}
         for res in LOGIN_RESULTS:  # the common mechanism, so the logins panel starts at 0
             self._logins.labels("LOGIN", res)
         # Keyed by the caller's raw values (label normalisation happens once, on a miss).
@@ -302,6 +320,7 @@ class Metrics:
         self._rule_cache: dict[tuple[str, str], _Inc] = {}
         self._blocked_cache: dict[tuple[str, str], _Inc] = {}
         self._bytes_cells = self._hot.bytes
+        self._mirror: _MultiprocessMirror | None = None
         self._sessions_active_inc = self._sessions_active.inc
         self._sessions_active_dec = self._sessions_active.dec
         self._session_observe = self._session_duration.observe
@@ -411,10 +430,25 @@ class Metrics:
             ) from None
         inc()
 
+    def limit_hit(self, reason: str) -> None:
+        try:
+            inc = self._limit_inc[reason]
+        except KeyError:
+            raise ValueError(f"reason must be one of {LIMIT_REASONS}, not {reason!r}") from None
+        inc()
+
     def config_reloaded(self, ok: bool) -> None:
         self._reload_inc["ok" if ok else "failed"]()
         if ok:
             self._config_last_success.set(time.time())
+
+    def flush_hot(self) -> None:
+        """Worker of several (server.workers): copy the plain-number hot families into
+        prometheus_client's multiprocess files, which the parent's /metrics reads. Called
+        about once a second and at exit, so the hot path keeps its cost."""
+        if self._mirror is None:
+            self._mirror = _MultiprocessMirror()
+        self._mirror.flush(self._hot)
 
     # -- exporter ----------------------------------------------------------------------------
 
@@ -454,3 +488,66 @@ class Metrics:
         if len(self._command_cache) < _CACHE_LIMIT:
             self._command_cache[command, status] = entry
         return entry
+
+
+class _MultiprocessMirror:
+    """Delta copies of ``_HotCollector`` numbers into ordinary (file-backed) metrics.
+
+    The histogram's per-bucket values are bumped directly (``_buckets``/``_sum`` are
+    prometheus_client internals, stable since 0.4): ``observe`` could only add single
+    observations, and the buckets here are already counted."""
+
+    def __init__(self) -> None:
+        families = _HotCollector._families()
+        self.commands = Counter(
+            "imapproxy_commands", families[0].documentation, ["command", "status"], registry=None
+        )
+        self.bytes = Counter(
+            "imapproxy_bytes", families[1].documentation, ["direction"], registry=None
+        )
+        self.duration = Histogram(
+            "imapproxy_command_duration_seconds",
+            families[2].documentation,
+            ["command"],
+            buckets=COMMAND_BUCKETS,
+            registry=None,
+        )
+        self.done: dict[tuple[str, ...], float] = {}
+
+    def _delta(self, key: tuple[str, ...], now: float) -> float:
+        delta = now - self.done.get(key, 0)
+        self.done[key] = now
+        return delta
+
+    def flush(self, hot: _HotCollector) -> None:
+        for label, cells in list(hot.commands.items()):
+            for status, cell in cells.counts.items():
+                if delta := self._delta(("c", label, status), cell[0]):
+                    self.commands.labels(label, status).inc(delta)
+            child = self.duration.labels(label)
+            for i, n in enumerate(list(cells.buckets)):
+                if delta := self._delta(("h", label, str(i)), n):
+                    child._buckets[i].inc(delta)
+            if delta := self._delta(("s", label), cells.sum[0]):
+                child._sum.inc(delta)
+        for direction, cell in hot.bytes.items():
+            if delta := self._delta(("b", direction), cell[0]):
+                self.bytes.labels(direction).inc(delta)
+
+
+def serve_multiprocess(host: str, port: int, path: str) -> WSGIServer:
+    """The parent of several workers: one /metrics summing every worker's files in ``path``
+    (prometheus_client's multiprocess mode); the caller stops it with shutdown()."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def mark_process_dead(pid: int, path: str) -> None:
+    """A worker exited: drop its live gauges (its counters keep counting in the sum)."""
+    from prometheus_client.multiprocess import mark_process_dead as mark
+
+    mark(pid, path)  # type: ignore[no-untyped-call]

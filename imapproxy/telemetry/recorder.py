@@ -72,3 +72,7 @@ class Telemetry:
     def config_reloaded(self, ok: bool) -> None:
         if self._m is not None:
             self._m.config_reloaded(ok)
+
+    def limit_hit(self, reason: str) -> None:
+        if self._m is not None:
+            self._m.limit_hit(reason)

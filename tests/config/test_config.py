@@ -17,6 +17,7 @@ from imapproxy.config.loader import (
     Limits,
     Listen,
     LogConfig,
+    LoginFailures,
     MetricsConfig,
     TLSListen,
     Upstream,
@@ -262,13 +263,31 @@ ERRORS: dict[str, tuple[str, str]] = {
     "unknown top-level key": (
         "lisen: '0.0.0.0:143'\n",
         "c.yaml:1:1: unknown key 'lisen' in top level (expected one of: client_tls, control, "
-        "limits, listen, listen_tls, log, metrics, rules, rules_file, upstream); "
-        "did you mean 'listen'?",
+        "limits, listen, listen_tls, log, metrics, rules, rules_file, upstream, "
+        "workers); did you mean 'listen'?",
     ),
     "unknown key without suggestion": (
         "frobnicate: 1\n",
         "c.yaml:1:1: unknown key 'frobnicate' in top level (expected one of: client_tls, "
-        "control, limits, listen, listen_tls, log, metrics, rules, rules_file, upstream)",
+        "control, limits, listen, listen_tls, log, metrics, rules, rules_file, upstream, workers)",
+    ),
+    "negative per-ip limit": (
+        "limits: {max_sessions_per_ip: -1}\n",
+        "c.yaml:1:31: limits.max_sessions_per_ip must be at least 0, got -1",
+    ),
+    "login failures window": (
+        "limits:\n  login_failures: {per_ip: 3, window: 0}\n",
+        "c.yaml:2:39: limits.login_failures.window must be greater than 0, got 0",
+    ),
+    "login failures unknown key": (
+        "limits:\n  login_failures: {per_ipp: 3}\n",
+        "c.yaml:2:20: unknown key 'per_ipp' in limits.login_failures (expected one of: "
+        "per_ip, per_user, window); did you mean 'per_ip'?",
+    ),
+    "workers zero": ("workers: 0\n", "c.yaml:1:10: workers must be at least 1, got 0"),
+    "workers word": (
+        "workers: many\n",
+        "c.yaml:1:10: workers must be an integer, got string 'many'",
     ),
     "unknown action": (
         "rules:\n  - name: x\n    action: blok\n",
@@ -615,3 +634,22 @@ def test_error_attributes(cwd: Path) -> None:
     error = info.value
     assert (error.file, error.line, error.col) == ("c.yaml", 2, 10)
     assert error.reason.startswith("unknown log.level 'loud'")
+
+
+def test_abuse_limits_and_workers(cwd: Path) -> None:
+    config = load_config(
+        write(
+            "c.yaml",
+            "workers: 3\n"
+            "limits:\n  max_sessions_per_ip: 7\n  max_sessions_per_user: 0\n"
+            "  login_failures: {per_ip: 4, per_user: 2, window: 9.5}\n"
+            "  auth_timeout: 12\n  max_pipelined: 64\n",
+        )
+    )
+    assert config.workers == 3
+    limits = config.limits
+    assert (limits.max_sessions_per_ip, limits.max_sessions_per_user) == (7, 0)
+    assert limits.login_failures == LoginFailures(4, 2, 9.5)
+    assert (limits.auth_timeout, limits.max_pipelined) == (12.0, 64)
+    assert load_config(write("d.yaml", "workers: auto\n")).workers >= 1
+    assert Config().limits.login_failures == LoginFailures(10, 5, 300.0)

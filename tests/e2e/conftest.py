@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from imapproxy.config.loader import Address, Config, MetricsConfig, Upstream
+from imapproxy.config.loader import Address, Config, Limits, MetricsConfig, Upstream
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
@@ -47,7 +47,9 @@ async def proxy_factory(nursery: trio.Nursery, dovecot: Dovecot) -> ProxyFactory
     async def start(
         config: Config | None = None, telemetry: Telemetry | None = None
     ) -> RunningProxy:
-        cfg = config or Config()
+        # Without a config: no per-address / per-user limits, so tests may open hundreds of
+        # sessions as one user from 127.0.0.1 (tests/e2e/test_limits.py covers the limits).
+        cfg = config or Config(limits=Limits(max_sessions_per_ip=0, max_sessions_per_user=0))
         upstream = cfg.upstream or Upstream(address=Address(*dovecot.address))
         cfg = dataclasses.replace(
             cfg,

@@ -126,7 +126,7 @@ def test_example_config_fits_the_unit() -> None:
     cfg = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     assert set(cfg) <= {
         "listen", "listen_tls", "client_tls", "upstream", "metrics", "control", "log", "rules",
-        "rules_file", "limits",
+        "rules_file", "limits", "workers",
     }  # fmt: skip
     assert cfg["listen"] == "0.0.0.0:143"
     assert cfg["upstream"]["address"]
@@ -136,6 +136,8 @@ def test_example_config_fits_the_unit() -> None:
     assert cfg["control"]["socket"].startswith("/run/imapproxy/")
     assert cfg["log"]["format"] in {"json", "text"}
     assert [r["name"] for r in cfg["rules"]] == ["audit-everything", "no-mailbox-deletion"]
+    # The drain fits in the unit's stop timeout.
+    assert cfg["limits"]["grace_period"] < 45
 
 
 @pytest.mark.skipif(

@@ -38,6 +38,7 @@ EXPECTED_FAMILIES = {
     "imapproxy_config_reloads_total",
     "imapproxy_config_last_reload_success_timestamp_seconds",
     "imapproxy_accept_errors_total",  # issue 12: out of descriptors
+    "imapproxy_limit_hits_total",
 }
 
 
@@ -283,3 +284,12 @@ def test_accept_errors_by_leg_and_reason(m: Metrics) -> None:
     assert value(m, "imapproxy_accept_errors_total", leg="upstream", reason="enfile") == 1
     with pytest.raises(ValueError):
         m.accept_error("client", "econnrefused")
+
+
+def test_limit_hits_by_reason(m: Metrics) -> None:
+    assert value(m, "imapproxy_limit_hits_total", reason="sessions_per_ip") == 0
+    m.limit_hit("sessions_per_ip")
+    m.limit_hit("pipelined")
+    assert value(m, "imapproxy_limit_hits_total", reason="sessions_per_ip") == 1
+    with pytest.raises(ValueError):
+        m.limit_hit("made-up")
