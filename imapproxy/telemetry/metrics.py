@@ -252,6 +252,11 @@ class Metrics:
             ["version", "python"],
             registry=r,
         )
+        self._sessions_kicked = Counter(
+            "imapproxy_sessions_kicked",
+            "Sessions ended by an administrator (imapproxy kick).",
+            registry=r,
+        )
         self._config_reloads = Counter(
             "imapproxy_config_reloads", "Configuration reloads (SIGHUP), by result.", ["result"],
             registry=r,
@@ -386,6 +391,9 @@ class Metrics:
                 f"side/result must be in {SIDES} x {TLS_RESULTS}, not {side!r}/{result!r}"
             ) from None
         inc()
+
+    def session_kicked(self) -> None:
+        self._sessions_kicked.inc()
 
     def config_reloaded(self, ok: bool) -> None:
         self._reload_inc["ok" if ok else "failed"]()
