@@ -58,7 +58,7 @@ class LoginRedactor:
         except TokenError:
             self._broken = True
             return raw[:start] + b" " + HIDDEN, True
-        pieces: list[bytes] = []
+        pieces: list[bytes] = [raw[:start]]
         pos = start
         for token in tokens:
             if self._args >= 1:
