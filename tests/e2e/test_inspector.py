@@ -396,7 +396,12 @@ async def test_control_socket_is_0600_and_other_uids_are_refused(
                     c.connect(str(sock))
                     c.sendall(b'{"v": 1, "op": "sessions"}\n')
                     c.settimeout(10)
-                    answer = c.recv(65536)
+                    answer = b""
+                    while not answer.endswith(b"\n"):
+                        chunk = c.recv(65536)
+                        if not chunk:
+                            break
+                        answer += chunk
                 except OSError as exc:
                     answer = f"error {exc.errno}".encode()
                 os.write(w, answer)
@@ -410,8 +415,10 @@ async def test_control_socket_is_0600_and_other_uids_are_refused(
 
     assert await trio.to_thread.run_sync(as_nobody) == f"error {errno.EACCES}"
     os.chmod(sock, 0o666)  # even past the file mode, the proxy checks the peer's uid
-    answer = json.loads(await trio.to_thread.run_sync(as_nobody))
-    assert answer == {"v": 1, "ok": False, "error": "permission denied"}
+    answer = await trio.to_thread.run_sync(as_nobody)
+    assert json.loads(answer or "null") == {"v": 1, "ok": False, "error": "permission denied"}, (
+        answer
+    )
     assert len(running.proxy.inspector.rows()) == 0
     shutil.rmtree(public, ignore_errors=True)
     missing = await _run_cli("sessions", "--control", str(tmp_path / "nope.sock"))
@@ -500,8 +507,8 @@ rules:
     sizes = [p.stat().st_size for p in traces.iterdir()]
     assert all(s <= 8192 for s in sizes) and sum(sizes) <= 20000
     assert len(sizes) < 5  # the oldest went
-    last = _records(max(traces.iterdir(), key=lambda p: p.stat().st_mtime).read_bytes())
-    assert last[-1]["event"] == "truncated"
+    kept = [_records(p.read_bytes()) for p in traces.iterdir()]
+    assert any(r and r[-1]["event"] == "truncated" for r in kept)  # a capped file says so
 
 
 async def test_trace_rule_changes_no_relayed_byte(
