@@ -13,6 +13,7 @@ make a system call per line.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -43,11 +44,15 @@ class TraceDir:
         self.max_file_bytes = max_file_bytes
         self.max_dir_bytes = max_dir_bytes
         self.used = 0
-        self.open_files: set[Path] = set()
+        # Files being written, with their size so far (part of it may still be buffered).
+        self.open_files: dict[Path, TraceFile] = {}
 
     def rescan(self) -> None:
+        """Recount from the disk (files may have been removed by hand), plus what open files
+        hold in their buffers."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.used = sum(p.stat().st_size for p in self._files())
+        closed = sum(p.stat().st_size for p in self._files() if p not in self.open_files)
+        self.used = closed + sum(f.written for f in self.open_files.values())
 
     def _files(self) -> list[Path]:
         return [p for p in self.path.glob("*.jsonl") if p.is_file()]
@@ -85,7 +90,7 @@ class TraceFile:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        tdir.open_files.add(path)
+        tdir.open_files[path] = self
 
     def write(self, rec: Record) -> None:
         if self.full:
@@ -127,7 +132,10 @@ class TraceFile:
     def close(self) -> None:
         self.flush()
         os.close(self._fd)
-        self.tdir.open_files.discard(self.path)
+        self.tdir.open_files.pop(self.path, None)
+        if self.written == 0:  # not one record fitted the directory's budget: leave no husk
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
 
 class TraceRecorder:
