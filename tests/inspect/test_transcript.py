@@ -7,6 +7,7 @@ import base64
 import json
 
 import pytest
+import trio
 
 from imapproxy.inspect.registry import software_from_id
 from imapproxy.inspect.tail import Reader, TailFilter, cut, encode
@@ -180,10 +181,8 @@ async def test_reader_queue_is_bounded_and_counts_drops() -> None:
 
     async def send(data: bytes) -> None:
         sent.append(data)
-        if len(sent) > 5:
-            raise ConnectionError
 
-    with pytest.raises(ConnectionError):
+    with trio.move_on_after(0.5):  # the writer then waits for more records, for ever
         await reader.write_to(send)
     lines = b"".join(sent).splitlines()
     assert json.loads(lines[-1])["event"] == "dropped" and json.loads(lines[-1])["count"] == 4000
