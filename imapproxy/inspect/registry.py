@@ -130,11 +130,12 @@ class Inspector(BaseObserver):
             return
         if track.id_window > 0 and direction == "client" and isinstance(event, Command):
             self._look_for_id(track, event)
-        if not self._transcribing(track):
-            return
-        if track.transcriber is None:
-            track.transcriber = Transcriber()
-        rec = track.transcriber.feed(direction, event)
+        transcriber = track.transcriber
+        if transcriber is None:
+            if not self._transcribing(track):
+                return
+            transcriber = track.transcriber = Transcriber()
+        rec = transcriber.feed(direction, event)
         if rec is None:
             return
         named = rec.pop("_user", None)  # the user a LOGIN/AUTHENTICATE names
@@ -171,7 +172,7 @@ class Inspector(BaseObserver):
         if user is not None:
             rec["user"] = user
         if self.hub.active:
-            self.hub.publish(track.view.id, track.client_ip, (rec,))
+            self.hub.publish(track.view.id, track.client_ip, rec)
         if track.trace is not None:
             track.trace.write(rec)
         elif track.pending is not None and len(track.pending) < PENDING_LIMIT:

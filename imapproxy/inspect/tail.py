@@ -13,7 +13,7 @@ import ipaddress
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +40,9 @@ def encode(rec: Record) -> bytes:
 def cut(rec: Record, bodies: int | None) -> Record | None:
     """``rec`` as a consumer with ``bodies`` (bytes of payload per literal; None: all) may
     keep it; None when a literal piece lies wholly past what it shows."""
-    data = rec.get("_data")
     if rec["event"] != "literal":
         return rec
+    data = rec.get("_data")
     offset = rec["offset"]
     if offset > 0 and (bodies is not None and offset >= bodies):
         return None
@@ -106,15 +106,17 @@ class Reader:
 
     def __init__(self, flt: TailFilter, bodies: int) -> None:
         self._match = _Matcher(flt)
+        self._everything = flt == TailFilter()  # no condition: skip the checks
         self.bodies = bodies
         self.queue: deque[Record] = deque()
         self.dropped = 0
         self._wake = trio.Event()
 
     def offer(self, session_id: int, client_ip: Any, rec: Record) -> None:
-        m = self._match
-        if not m.session_ok(session_id, client_ip) or not m.record_ok(rec):
-            return
+        if not self._everything:
+            m = self._match
+            if not m.session_ok(session_id, client_ip) or not m.record_ok(rec):
+                return
         if len(self.queue) >= QUEUE_LIMIT:
             self.dropped += 1
             return
@@ -159,7 +161,6 @@ class TailHub:
             if not self.readers:
                 self._on_change()
 
-    def publish(self, session_id: int, client_ip: Any, records: Sequence[Record]) -> None:
+    def publish(self, session_id: int, client_ip: Any, rec: Record) -> None:
         for reader in self.readers:
-            for rec in records:
-                reader.offer(session_id, client_ip, rec)
+            reader.offer(session_id, client_ip, rec)
