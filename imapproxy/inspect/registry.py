@@ -179,12 +179,14 @@ class Inspector(BaseObserver):
             track.pending.append(dict(rec))  # the payload is cut when written
 
     def _login_decides(self, track: Track, user: str | None) -> None:
-        assert self.trace is not None
         pending, track.pending = track.pending, None
-        rule = self.trace.decide(track.candidates, track.view.peer, user)
+        recorder = self.trace  # None when a reload removed every trace rule meanwhile
+        rule = None
+        if recorder is not None:
+            rule = recorder.decide(track.candidates, track.view.peer, user)
         track.candidates = []
-        if rule is not None:
-            track.trace = self.trace.open(track.view.id, user, rule)
+        if recorder is not None and rule is not None:
+            track.trace = recorder.open(track.view.id, user, rule)
             if track.trace is not None:
                 for rec in pending or ():
                     rec.setdefault("user", user)

@@ -66,15 +66,21 @@ class TailFilter:
     def from_json(cls, doc: dict[str, Any]) -> TailFilter:
         """Raises ValueError with a one-line reason."""
         session = doc.get("session")
-        if session is not None and not isinstance(session, int):
+        if session is not None and (not isinstance(session, int) or isinstance(session, bool)):
             raise ValueError("session must be a number")
-        for cidr in doc.get("client") or ():
+        lists = {}
+        for key in ("user", "command", "client"):
+            value = doc.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{key} must be a list of strings")
+            lists[key] = value
+        for cidr in lists["client"]:
             ipaddress.ip_network(cidr, strict=False)
         return cls(
-            users=tuple(doc.get("user") or ()),
-            commands=tuple(normalise_command_name(c) for c in doc.get("command") or ()),
+            users=tuple(lists["user"]),
+            commands=tuple(normalise_command_name(c) for c in lists["command"]),
             session=session,
-            clients=tuple(doc.get("client") or ()),
+            clients=tuple(lists["client"]),
         )
 
 

@@ -55,17 +55,28 @@ class TraceDir:
         self.used = closed + sum(f.written for f in self.open_files.values())
 
     def _files(self) -> list[Path]:
-        return [p for p in self.path.glob("*.jsonl") if p.is_file()]
+        try:
+            return [p for p in self.path.glob("*.jsonl") if p.is_file()]
+        except OSError:
+            return []
+
+    def _oldest_closed(self) -> list[Path]:
+        dated: list[tuple[float, Path]] = []
+        for p in self._files():
+            if p in self.open_files:
+                continue
+            try:
+                dated.append((p.stat().st_mtime, p))
+            except OSError:
+                continue  # removed meanwhile
+        return [p for _, p in sorted(dated)]
 
     def reserve(self, n: int) -> bool:
         """Account for ``n`` more bytes, removing the oldest finished files if need be."""
         if self.used + n <= self.max_dir_bytes:
             self.used += n
             return True
-        closed = sorted(
-            (p for p in self._files() if p not in self.open_files), key=lambda p: p.stat().st_mtime
-        )
-        for old in closed:
+        for old in self._oldest_closed():
             try:
                 size = old.stat().st_size
                 old.unlink()

@@ -524,3 +524,31 @@ rules: [{{name: t, action: trace}}]
     )
     running, _ = await _start(proxy_factory, tmp_path, cfg)
     assert running.proxy._policy is None
+
+
+async def test_sessions_watch_redraws_and_kick_by_session_or_client(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    running, sock = await _start(proxy_factory, tmp_path)
+    c = await trio.to_thread.run_sync(RawIMAP, running.address)
+    master, slave = pty.openpty()
+    watch = _cli("sessions", "--control", str(sock), "--watch", stdout=slave)
+    os.close(slave)
+    seen = b""
+    with trio.fail_after(20):
+        while seen.count(b"not authenticated") < 2:  # two redraws, a second apart
+            seen += await trio.to_thread.run_sync(os.read, master, 65536)
+    watch.terminate()
+    await trio.to_thread.run_sync(watch.wait)
+    os.close(master)
+    assert b"\x1b[2J" in seen and b"1 session" in seen
+    bad = await _run_cli("kick", "--control", str(sock), "--client", "not-a-cidr")
+    assert bad.returncode == 1 and bad.stderr.decode().count("\n") == 1
+    other = await _run_cli("kick", "--control", str(sock), "--client", "127.0.0.99/32")
+    assert other.stdout.decode().strip() == "0 sessions ended"
+    session_id = running.proxy.inspector.rows()[0]["id"]
+    kicked = await _run_cli("kick", "--control", str(sock), "--session", str(session_id))
+    assert kicked.stdout.decode().strip() == "1 session ended"
+    rest = await trio.to_thread.run_sync(c.read_response)
+    assert rest == b"* BYE [UNAVAILABLE] Session ended by an administrator\r\n"
+    c.close()
