@@ -128,8 +128,10 @@ class Reader:
             return
         kept = cut(rec, self.bodies)
         if kept is not None:
-            self.queue.append(kept)
-            self._wake.set()
+            queue = self.queue
+            if not queue:
+                self._wake.set()  # the writer waits only once it has emptied the queue
+            queue.append(kept)
 
     async def write_to(self, send: Callable[[bytes], Any]) -> None:
         """Send queued records until the connection fails (the caller's ``send`` raises)."""

@@ -15,6 +15,7 @@ when no observer wants lines any more (an observer that changes its mind calls
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -147,8 +148,7 @@ class Observers:
         if not wanting:
             return None
         if len(wanting) == 1:
-            only = wanting[0]
-            return lambda direction, event: only.line(view, direction, event)
+            return functools.partial(wanting[0].line, view)  # no Python frame of ours
 
         def tap(direction: str, event: object) -> None:
             for obs in wanting:

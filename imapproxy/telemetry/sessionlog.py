@@ -36,7 +36,9 @@ class SessionLog(BaseObserver):
 
     def note(self, view: SessionView, note: Note) -> None:
         if isinstance(note, CommandDone):
-            if note.log is not None:
+            # "none": cut off by the session's end (Session.abandon); only metrics count
+            # those, as before the observer seam. Logging them too is a one-line change.
+            if note.log is not None and note.status != "none":
                 _log_command(view, note)
         elif isinstance(note, ProtocolIssue):
             log_event(
