@@ -91,14 +91,16 @@ async def test_tail_json_shows_a_session_in_order_with_literal_sizes_and_duratio
     tail = _cli("tail", "--control", str(sock), "--json")
     await _attached(running)
 
-    def session() -> None:
+    def session() -> bytes:
         with RawIMAP(running.address) as c:
             _login(c, account)
             c.command(b"a2", b"SELECT INBOX")
-            c.command(b"a3", b"FETCH 1 BODY.PEEK[]")
+            fetched = b"".join(c.command(b"a3", b"FETCH 1 BODY.PEEK[]"))
             c.command(b"a4", b"LOGOUT")
+            return fetched
 
-    await trio.to_thread.run_sync(session)
+    fetched = await trio.to_thread.run_sync(session)
+    assert b"{%d}\r\n" % len(message) + message + b")\r\n" in fetched  # relayed unchanged
     records = _records(await _stop_tail(tail))
     events = [(r["event"], r.get("command"), r.get("direction")) for r in records]
     assert events[0] == ("open", None, None)
