@@ -6,6 +6,7 @@ is one line on stderr and exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -56,11 +57,25 @@ def _answer(line: bytes | None, path: Path) -> dict[str, Any]:
     return dict(doc)
 
 
+def _send(sock: socket.socket, req: dict[str, Any]) -> None:
+    """Send a request; a proxy that refused the peer may have closed already, and its
+    answer (still readable) says why, so a failed send is not the error to report."""
+    with contextlib.suppress(OSError):
+        sock.sendall(json.dumps({"v": PROTOCOL, **req}).encode() + b"\n")
+
+
+def _first_line(lines: Iterator[bytes], path: Path) -> bytes | None:
+    try:
+        return next(lines, None)
+    except OSError as exc:
+        raise ControlError(f"control socket {path}: {exc.strerror or exc}") from None
+
+
 def request(path: Path, req: dict[str, Any]) -> dict[str, Any]:
     sock = _connect(path)
     with sock:
-        sock.sendall(json.dumps({"v": PROTOCOL, **req}).encode() + b"\n")
-        return _answer(next(_lines(sock), None), path)
+        _send(sock, req)
+        return _answer(_first_line(_lines(sock), path), path)
 
 
 def sessions(path: Path, *, as_json: bool, watch: bool, out: TextIO = sys.stdout) -> int:
@@ -92,12 +107,9 @@ def tail(
 ) -> int:
     sock = _connect(path)
     with sock:
-        sock.sendall(
-            json.dumps({"v": PROTOCOL, "op": "tail", "filter": flt, "bodies": bodies}).encode()
-            + b"\n"
-        )
-        lines = _lines(sock)
-        _answer(next(lines, None), path)
+        _send(sock, {"op": "tail", "filter": flt, "bodies": bodies})
+        lines = _lines(sock)  # one generator: it buffers what follows the first line
+        _answer(_first_line(lines, path), path)
         colour = not as_json and out.isatty()
         for line in lines:
             if as_json:
