@@ -423,10 +423,45 @@ async def test_control_socket_is_0600_and_other_uids_are_refused(
     answer = await trio.to_thread.run_sync(as_nobody)
     assert answer.strip() == '{"v": 1, "ok": false, "error": "permission denied"}', answer
     assert len(running.proxy.inspector.rows()) == 0
+    # The CLI itself as nobody: the venv's interpreter lives under /root, so run the system
+    # Python 3.11 on this tree and the venv's packages.
+    cli_as_nobody = await _nobody_cli("sessions", "--control", str(sock), nobody=nobody)
+    if cli_as_nobody is not None:
+        assert cli_as_nobody.returncode == 1
+        assert cli_as_nobody.stderr.decode() == "imapproxy: the proxy refused: permission denied\n"
+        os.chmod(sock, 0o600)
+        denied = await _nobody_cli("sessions", "--control", str(sock), nobody=nobody)
+        assert denied is not None and denied.returncode == 1
+        assert denied.stderr.decode().endswith("Permission denied\n")
+        assert denied.stderr.decode().count("\n") == 1
     shutil.rmtree(public, ignore_errors=True)
-    missing = await _run_cli("sessions", "--control", str(tmp_path / "nope.sock"))
+    missing = await _run_cli("sessions", "--control", str(public / "nope.sock"))
     assert missing.returncode == 1 and missing.stderr.decode().count("\n") == 1
     assert b"Traceback" not in missing.stderr
+
+
+async def _nobody_cli(*args: str, nobody: Any) -> subprocess.CompletedProcess[bytes] | None:
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        return None
+    root = Path(__file__).resolve().parents[2]
+    site = Path(trio.__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{root}:{site}", "PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin"}
+
+    def demote() -> None:
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+
+    return await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [str(python), "-m", "imapproxy", *args],
+            capture_output=True,
+            timeout=30,
+            env=env,
+            cwd="/",
+            preexec_fn=demote,
+        )
+    )
 
 
 async def test_terminal_format_through_a_pty(
