@@ -1,4 +1,5 @@
-"""Command line: ``imapproxy [run] ...``, ``imapproxy check``, ``imapproxy demo``."""
+"""Command line: ``imapproxy [run] ...``, ``check``, ``demo``, and the inspector's
+``sessions``, ``kick``, ``tail`` and ``show`` (``imapproxy.inspect.client``)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ from imapproxy.config.loader import (
     Address,
     Config,
     ConfigError,
+    ControlConfig,
     MetricsConfig,
     Upstream,
     check_config,
     load_config,
     parse_workers,
 )
+from imapproxy.inspect import client
+from imapproxy.inspect.client import ControlError
 from imapproxy.server.capacity import raise_fd_limit
 from imapproxy.server.listener import Proxy, reloader
 from imapproxy.server.worker import WORKER_FD_ENV, serve_worker
@@ -59,7 +63,8 @@ def _run_parser(prog: str = "imapproxy") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Transparent IMAP proxy and traffic inspector.",
-        epilog="Other commands: 'imapproxy check --config FILE', 'imapproxy demo'.",
+        epilog="Other commands: 'imapproxy check --config FILE', 'imapproxy demo', "
+        "'imapproxy sessions|kick|tail|show' (each with --help).",
     )
     p.add_argument("--upstream", type=_address, help="mail server HOST:PORT (overrides config)")
     p.add_argument(
@@ -73,6 +78,11 @@ def _run_parser(prog: str = "imapproxy") -> argparse.ArgumentParser:
         "--workers",
         type=_workers,
         help="worker processes sharing the ports: N or 'auto' (one per CPU; default 1)",
+    )
+    p.add_argument(
+        "--control",
+        help="control socket PATH for sessions/kick/tail, or 'off' "
+        "(default: $RUNTIME_DIRECTORY/control.sock, /run/imapproxy/control.sock as root)",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
@@ -95,6 +105,12 @@ def _overrides(args: argparse.Namespace) -> Callable[[Config], Config]:
         if args.metrics is not None:
             addr = None if args.metrics == "off" else _address(args.metrics)
             cfg = dataclasses.replace(cfg, metrics=MetricsConfig(address=addr))
+        if args.control == "off":
+            cfg = dataclasses.replace(cfg, control=ControlConfig(None))
+        elif args.control is not None:
+            cfg = dataclasses.replace(cfg, control=ControlConfig(Path(args.control)))
+        elif cfg.control.socket is None and (default := default_control_socket()) is not None:
+            cfg = dataclasses.replace(cfg, control=ControlConfig(default, required=False))
         log_cfg = cfg.log
         if args.log_level:
             log_cfg = dataclasses.replace(log_cfg, level=args.log_level)
@@ -221,6 +237,95 @@ def demo(argv: Sequence[str]) -> int:
             dovecot.stop()
 
 
+def default_control_socket() -> Path | None:
+    """``$RUNTIME_DIRECTORY/control.sock`` under systemd, ``/run/imapproxy/control.sock``
+    as root, else none (a control socket must then be configured)."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / "control.sock"
+    if os.geteuid() == 0:
+        return Path("/run/imapproxy/control.sock")
+    return None
+
+
+def _inspect_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"imapproxy {prog}", description=description)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--control", type=Path, help="the proxy's control socket")
+    where.add_argument("--config", type=Path, help="the proxy's config file (its control.socket)")
+    return p
+
+
+def _control_path(args: argparse.Namespace) -> Path:
+    if args.control is not None:
+        return Path(args.control)
+    if args.config is not None:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            raise ControlError(str(exc)) from None
+        if cfg.control.socket is not None:
+            return cfg.control.socket
+    default = default_control_socket()
+    if default is None:
+        raise ControlError("no control socket known: give --control PATH or --config FILE")
+    return default
+
+
+def inspect(command: str, argv: Sequence[str]) -> int:
+    """``sessions``, ``kick``, ``tail``, ``show``: exit 1 with one line on any failure."""
+    try:
+        if command == "show":
+            p = argparse.ArgumentParser(
+                prog="imapproxy show", description="Render a trace file like 'tail'."
+            )
+            p.add_argument("trace", type=Path)
+            return client.show(p.parse_args(argv).trace)
+        if command == "sessions":
+            p = _inspect_parser("sessions", "List live sessions (like doveadm who).")
+            p.add_argument("--json", action="store_true", help="a JSON array")
+            p.add_argument("--watch", action="store_true", help="redraw every second")
+            args = p.parse_args(argv)
+            return client.sessions(_control_path(args), as_json=args.json, watch=args.watch)
+        if command == "kick":
+            p = _inspect_parser("kick", "End sessions: the client gets BYE [UNAVAILABLE].")
+            which = p.add_mutually_exclusive_group(required=True)
+            which.add_argument("--session", type=int)
+            which.add_argument("--user", help="glob, e.g. 'alice@*'")
+            which.add_argument("--client", help="CIDR, e.g. 10.1.2.0/24")
+            p.add_argument("--reason", help="text after BYE [UNAVAILABLE]")
+            args = p.parse_args(argv)
+            selector = {k: getattr(args, k) for k in ("session", "user", "client")}
+            selector = {k: v for k, v in selector.items() if v is not None}
+            return client.kick(_control_path(args), selector, args.reason)
+        p = _inspect_parser("tail", "Live, redacted stream of what passes through the proxy.")
+        p.add_argument("--user", action="append", help="glob (repeatable)")
+        p.add_argument("--command", help="comma-separated command names, e.g. FETCH,IDLE")
+        p.add_argument("--session", type=int)
+        p.add_argument("--client", action="append", help="CIDR (repeatable)")
+        p.add_argument("--bodies", type=int, default=0, help="literal payload bytes to show")
+        p.add_argument("--json", action="store_true", help="JSON lines (default off a tty)")
+        args = p.parse_args(argv)
+        flt: dict[str, object] = {}
+        if args.user:
+            flt["user"] = args.user
+        if args.command:
+            flt["command"] = [c.strip() for c in args.command.split(",") if c.strip()]
+        if args.session is not None:
+            flt["session"] = args.session
+        if args.client:
+            flt["client"] = args.client
+        as_json = args.json or not sys.stdout.isatty()
+        return client.tail(_control_path(args), flt, max(0, args.bodies), as_json=as_json)
+    except ControlError as exc:
+        print(f"imapproxy: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+
+
 def _pair(addr: Address | None) -> tuple[str, int] | None:
     return None if addr is None else (addr.host, addr.port)
 
@@ -231,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(argv[1:])
     if argv and argv[0] == "demo":
         return demo(argv[1:])
+    if argv and argv[0] in ("sessions", "kick", "tail", "show"):
+        return inspect(argv[0], argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     return run(argv)

@@ -38,6 +38,7 @@ __all__ = [
     "LoginFailures",
     "MetricsConfig",
     "TLSListen",
+    "TraceConfig",
     "Upstream",
     "check_config",
     "load_config",
@@ -174,6 +175,18 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class ControlConfig:
     socket: Path | None = None
+    # False for the default path (not configured): a socket another proxy holds is then a
+    # warning, not a failure to start.
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """Where ``trace`` rules write (see ``imapproxy.inspect.trace``)."""
+
+    dir: Path = Path("/var/lib/imapproxy/traces")
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_dir_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +197,7 @@ class Config:
     upstream: Upstream | None = None  # may come from --upstream instead
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)
     rules: tuple[Rule, ...] = ()
@@ -199,6 +213,7 @@ _TOP_KEYS = (
     "upstream",
     "metrics",
     "control",
+    "trace",
     "log",
     "limits",
     "rules",
@@ -229,6 +244,8 @@ def load_config(path: Path) -> Config:
         config = replace(config, metrics=values.metrics(node))
     if (node := top.get("control")) is not None:
         config = replace(config, control=values.control(node))
+    if (node := top.get("trace")) is not None:
+        config = replace(config, trace=values.trace(node))
     if (node := top.get("log")) is not None:
         config = replace(config, log=values.log(node))
     if (node := top.get("limits")) is not None:
@@ -426,6 +443,23 @@ class _Reader:
         value = section.get("socket")
         socket = None if value is None else self.path(value, "control.socket", must_exist=False)
         return ControlConfig(socket)
+
+    def trace(self, node: YNode) -> TraceConfig:
+        section = node.as_mapping("trace")
+        section.check_keys(("dir", "max_file_bytes", "max_dir_bytes"))
+        result = TraceConfig()
+        if (value := section.get("dir")) is not None:
+            result = replace(result, dir=self.path(value, "trace.dir", must_exist=False))
+        if (value := section.get("max_file_bytes")) is not None:
+            size = value.as_int("trace.max_file_bytes", minimum=4096)
+            result = replace(result, max_file_bytes=size)
+        if (value := section.get("max_dir_bytes")) is not None:
+            size = value.as_int("trace.max_dir_bytes", minimum=4096)
+            result = replace(result, max_dir_bytes=size)
+        if result.max_file_bytes > result.max_dir_bytes:
+            key = "max_file_bytes" if "max_file_bytes" in section else "max_dir_bytes"
+            section.key_node(key).fail("trace.max_file_bytes is larger than trace.max_dir_bytes")
+        return result
 
     def log(self, node: YNode) -> LogConfig:
         section = node.as_mapping("log")

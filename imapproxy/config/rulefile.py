@@ -3,7 +3,7 @@
 Shape (see rules/*.yaml)::
 
     - name: no-mailbox-deletion      # letters, digits, '-', '_', '.'; unique
-      action: block                  # block | log | rewrite_mailbox | read_only
+      action: block                  # block | log | rewrite_mailbox | read_only | trace
       when: {command: [DELETE]}      # optional, keys AND-ed
       message: "Deleting folders is disabled by policy"
 
@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import cast
 
-from yaml.nodes import MappingNode
+from yaml.nodes import MappingNode, ScalarNode
 
 from imapproxy.config.yamlsource import ConfigError, YNode, closest
 from imapproxy.policy.engine import LIST_COMMANDS, MAILBOX_ARGS, SELECTED_COMMANDS
@@ -35,6 +35,7 @@ _ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "block": ("message",),
     "rewrite_mailbox": ("from", "to"),
     "read_only": (),
+    "trace": ("bodies",),
 }
 _ALL_KEYS = _COMMON_KEYS + tuple(k for keys in _ACTION_KEYS.values() for k in keys)
 _WHEN_KEYS = ("command", "user", "mailbox", "client", "direction")
@@ -119,6 +120,8 @@ def _parse_rule(node: YNode, what: str) -> Rule:
         return _block_rule(rule, mapping.get("message"), when_node, what)
     if action == "read_only":
         return _read_only_rule(rule, when_node, node, what)
+    if action == "trace":
+        return _trace_rule(rule, mapping.get("bodies"), when_node, what)
     return _rewrite_rule(rule, mapping.get("from"), mapping.get("to"), node, what)
 
 
@@ -166,6 +169,23 @@ def _read_only_rule(rule: Rule, when_node: YNode | None, node: YNode, what: str)
         if key in when:
             when.key_node(key).fail(f"'when.{key}' is not supported on read_only rules: {reason}")
     return rule
+
+
+def _trace_rule(rule: Rule, bodies_node: YNode | None, when_node: YNode | None, what: str) -> Rule:
+    if when_node is not None:
+        for key in ("command", "mailbox", "direction"):
+            if key in when_node.as_mapping(f"{what}.when"):
+                when_node.as_mapping(f"{what}.when").key_node(key).fail(
+                    f"a trace rule records whole sessions; {what}.when.{key} does not apply "
+                    "(use user and client)"
+                )
+    bodies: int | None = 0
+    if bodies_node is not None:
+        if isinstance(bodies_node.node, ScalarNode) and bodies_node.node.value == "full":
+            bodies = None
+        else:
+            bodies = bodies_node.as_int(f"{what}.bodies", minimum=0)
+    return Rule(rule.name, rule.action, rule.when, bodies=bodies, location=rule.location)
 
 
 def _rewrite_rule(

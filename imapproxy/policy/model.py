@@ -12,8 +12,10 @@ from typing import Literal
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ACTIONS: tuple[str, ...] = ("block", "log", "rewrite_mailbox", "read_only")
-Action = Literal["block", "log", "rewrite_mailbox", "read_only"]
+ACTIONS: tuple[str, ...] = ("block", "log", "rewrite_mailbox", "read_only", "trace")
+# trace: whole sessions are recorded by the inspector (imapproxy.inspect.trace); the engine
+# never sees these rules.
+Action = Literal["block", "log", "rewrite_mailbox", "read_only", "trace"]
 Detail = Literal["command", "full"]
 Direction = Literal["client", "server"]
 
@@ -42,6 +44,7 @@ class Rule:
     detail: Detail = "command"  # log: "full" also logs untagged responses
     from_: str | None = None  # rewrite_mailbox: client-side name (decoded)
     to: str | None = None  # rewrite_mailbox: upstream name (decoded)
+    bodies: int | None = 0  # trace: literal payload bytes kept per literal (None: all)
     location: str = ""  # "file:line:col" of the rule, for messages and `check`
 
     def block_message(self) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -38,18 +37,11 @@ from imapproxy.net.streams import (
 from imapproxy.server.capacity import capacity_log, resource_error
 from imapproxy.server.guard import SessionGuard
 from imapproxy.session.core import Session
-from imapproxy.session.output import (
-    CommandBlocked,
-    CommandDone,
-    LimitHit,
-    LoginDone,
-    Output,
-    ProtocolIssue,
-    RuleHit,
-)
+from imapproxy.session.output import LimitHit, LoginDone, Output
 from imapproxy.session.settings import SessionSettings
-from imapproxy.telemetry.logs import log_event
-from imapproxy.telemetry.recorder import Telemetry
+from imapproxy.telemetry.observer import Observers
+from imapproxy.telemetry.recorder import MetricsObserver, Telemetry
+from imapproxy.telemetry.sessionlog import SessionLog
 
 log = logging.getLogger("imapproxy.session")
 
@@ -70,6 +62,8 @@ class SessionContext:
     start_client_tls: ClientTLSStarter | None = None
     guard: SessionGuard | None = None  # abuse limits (server.guard)
     auth_timeout: float = 0.0  # seconds to log in before * BYE; 0: no deadline
+    # Everything observed goes here (metrics, logs, inspector); None: metrics and logs only.
+    observers: Observers | None = None
 
 
 class _SessionOver(Exception):
@@ -88,6 +82,9 @@ class SessionDriver:
         self.bytes_down = 0  # upstream -> client
         self.close_reason = "unknown"
         self.shutting_down = False  # set by the listener when the grace period is over
+        self.listener = ctx.listener
+        self.observers = ctx.observers or Observers([MetricsObserver(ctx.telemetry), SessionLog()])
+        self._kicked: bytes | None = None  # the BYE line of an administrator's kick
         self._to_client = Sender(client)
         self._from_client = Receiver(client)
         self._from_upstream: Receiver | None = None
@@ -100,8 +97,9 @@ class SessionDriver:
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
         started = time.monotonic()
-        tel = self.ctx.telemetry
-        tel.session_opened(self.ctx.listener)
+        observers = self.observers
+        observers.session_opened(self)
+        self.session.tap = observers.line_tap(self)
         try:
             if await self._connect():
                 await self._pump_both()
@@ -113,27 +111,15 @@ class SessionDriver:
                 self.close_reason = "proxy shutting down"
                 with trio.CancelScope(shield=True):
                     await self._last_words(b"* BYE [UNAVAILABLE] Proxy shutting down\r\n", 1)
-            for note in self.session.abandon():
-                tel.command_done(note)
+            elif self._kicked is not None:
+                with trio.CancelScope(shield=True):
+                    await self._last_words(self._kicked, 1)
+            observers.notes(self, self.session.abandon())
             with trio.CancelScope(shield=True):
                 await self._close_streams()
-            duration = time.monotonic() - started
-            tel.session_closed(duration)
-            log_event(
-                log,
-                "session_closed",
-                session=self.id,
-                client=self.peer,
-                user=self.session.user,
-                bytes_in=self.bytes_up,
-                bytes_out=self.bytes_down,
-                duration=round(duration, 3),
-                reason=self.close_reason,
-                **self._tls_info,
-            )
+            observers.session_closed(self, time.monotonic() - started)
 
     async def _connect(self) -> bool:
-        tel = self.ctx.telemetry
         t0 = time.monotonic()
         reason = "connect_timeout"
         with trio.move_on_after(self.ctx.connect_timeout):
@@ -151,23 +137,13 @@ class SessionDriver:
                 reason = exc.reason
                 detail = str(exc)
             else:
-                tel.upstream_connected(time.monotonic() - t0)
                 self._tls_info.update(tls_details(self.upstream, "upstream_"))
-                log_event(log, "session_opened", session=self.id, client=self.peer)
+                self.observers.upstream_connected(self, time.monotonic() - t0)
                 return True
         if reason == "connect_timeout":
             detail = f"no answer within {self.ctx.connect_timeout:g}s"
-        tel.upstream_error(reason)
         self.close_reason = f"upstream unavailable: {reason}"
-        log_event(
-            log,
-            "upstream_unavailable",
-            session=self.id,
-            client=self.peer,
-            reason=reason,
-            detail=detail,
-            level=logging.WARNING,
-        )
+        self.observers.upstream_failed(self, reason, detail)
         await self._last_words(b"* BYE [UNAVAILABLE] Mail server unavailable\r\n")
         return False
 
@@ -342,54 +318,14 @@ class SessionDriver:
             raise _SessionOver
 
     def _observe(self, out: Output) -> None:
-        tel = self.ctx.telemetry
-        for note in out.notes:
-            if isinstance(note, CommandDone):
-                tel.command_done(note)
-                if note.log is not None:
-                    self._log_command(note)
-            elif isinstance(note, LoginDone):
-                tel.login(note)
-                if self.ctx.guard is not None:
-                    self.ctx.guard.login_done(note)
-            elif isinstance(note, LimitHit):
-                if self.ctx.guard is not None:
-                    self.ctx.guard.hit(note.reason)
-            elif isinstance(note, RuleHit):
-                tel.rule_matched(note)
-            elif isinstance(note, CommandBlocked):
-                tel.command_blocked(note)
-            elif isinstance(note, ProtocolIssue):
-                tel.protocol_error(note.side)
-                log_event(
-                    log,
-                    "protocol_error",
-                    session=self.id,
-                    client=self.peer,
-                    side=note.side,
-                    reason=note.reason,
-                    fatal=note.fatal,
-                    level=logging.WARNING,
-                )
-            else:
-                log_event(log, "response", session=self.id, line=getattr(note, "line", ""))
-
-    def _log_command(self, note: CommandDone) -> None:
-        log_event(
-            log,
-            "command",
-            session=self.id,
-            client=self.peer,
-            user=note.user,
-            tag=note.tag,
-            command=note.command,
-            mailbox=note.mailbox,
-            status=note.status,
-            code=note.code,
-            bytes_in=note.bytes_in,
-            bytes_out=note.bytes_out,
-            duration=round(note.duration, 6) if math.isfinite(note.duration) else None,
-        )
+        self.observers.notes(self, out.notes)
+        guard = self.ctx.guard
+        if guard is not None:  # the abuse limits learn from the same observations
+            for note in out.notes:
+                if isinstance(note, LoginDone):
+                    guard.login_done(note)
+                elif isinstance(note, LimitHit):
+                    guard.hit(note.reason)
 
     async def _start_client_tls(self) -> None:
         """The handshake after the session's ``OK Begin TLS`` (which it always sends)."""
@@ -405,3 +341,28 @@ class SessionDriver:
         self.ctx.telemetry.tls_handshake("client", "ok")
         self._from_client.replace(self.client)
         self._tls_info.update(tls_details(self.client))
+
+    # --- hooks for observers (the inspector's session registry) -----------------------
+    @property
+    def tls(self) -> dict[str, Any]:
+        """TLS facts of both legs (``tls_version``, ``upstream_tls_version``, ...)."""
+        return self._tls_info
+
+    @property
+    def last_activity(self) -> float:
+        """``trio.current_time()`` of the last traffic either way (to within a second)."""
+        return self._touched
+
+    def update_tap(self) -> None:
+        self.session.tap = self.observers.line_tap(self)
+
+    def kick(self, reason: str) -> None:
+        """End the session now: the client reads ``* BYE [UNAVAILABLE] reason``, the
+        upstream connection is closed (FIN, no command in the middle of its stream)."""
+        if self._kicked is not None or self.close_reason != "unknown":
+            return
+        text = " ".join(reason.split()).encode("ascii", "replace")[:200] or b"Session ended"
+        self._kicked = b"* BYE [UNAVAILABLE] " + text + b"\r\n"
+        self.close_reason = "kicked: " + text.decode()
+        self.ctx.telemetry.session_kicked()
+        self._idle_scope.cancel()

@@ -18,6 +18,9 @@ from pathlib import Path
 import trio
 
 from imapproxy.config.loader import Config, ConfigError, load_config
+from imapproxy.inspect.control import ControlServer, ControlSocketError
+from imapproxy.inspect.registry import Inspector
+from imapproxy.inspect.trace import TraceDir, TraceRecorder
 from imapproxy.net.client_ip import ClientOrigin
 from imapproxy.net.streams import CONNECTION_ERRORS
 from imapproxy.net.tls import (
@@ -39,7 +42,9 @@ from imapproxy.server.proxy_in import ProxyAccept, receive_origin
 from imapproxy.session.settings import SessionSettings
 from imapproxy.telemetry import logs
 from imapproxy.telemetry.logs import log_event
-from imapproxy.telemetry.recorder import Telemetry
+from imapproxy.telemetry.observer import Observers
+from imapproxy.telemetry.recorder import MetricsObserver, Telemetry
+from imapproxy.telemetry.sessionlog import SessionLog
 
 log = logging.getLogger("imapproxy")
 
@@ -64,6 +69,9 @@ class Proxy:
         self._idle.set()
         self._stop = trio.Event()
         self._drivers: set[SessionDriver] = set()
+        # One observer stream for every session: metrics, logs, the inspector.
+        self.inspector = Inspector(_trace_recorder(config))
+        self.observers = Observers([MetricsObserver(telemetry), SessionLog(), self.inspector])
         self._settings, self._policy = self._session_settings(config)
         # TLS contexts are costly to build: once in serve(), again on SIGHUP (see _endpoints).
         self._client_tls = ClientSideTLS()
@@ -74,7 +82,9 @@ class Proxy:
 
     # --- configuration -----------------------------------------------------------------
     def _session_settings(self, config: Config) -> tuple[SessionSettings, Policy | None]:
-        policy = Policy.compile(config.rules) if config.rules else None
+        # Trace rules record sessions (the inspector); they never change what is relayed.
+        enforced = [r for r in config.rules if r.action != "trace"]
+        policy = Policy.compile(enforced) if enforced else None
         client_tls = config.client_tls
         settings = SessionSettings(
             max_line=config.limits.max_line,
@@ -117,6 +127,7 @@ class Proxy:
             policy.carry_over(self._policy)  # keep what was learned (the hierarchy delimiter)
         self._settings = settings
         self._policy = policy
+        self.inspector.trace = _trace_recorder(new)
         logs.reopen()
         self.telemetry.config_reloaded(True)
         log_event(log, "reloaded", rules=len(new.rules))
@@ -167,9 +178,21 @@ class Proxy:
             else None,
             rules=len(cfg.rules),
         )
+        control = None
+        if cfg.control.socket is not None:
+            control = ControlServer(self.inspector, cfg.control.socket)
+            try:
+                control.bind()  # a ControlSocketError is an OSError: reported like a busy port
+            except ControlSocketError as exc:
+                if cfg.control.required:
+                    raise
+                log_event(log, "control_unavailable", error=str(exc), level=logging.WARNING)
+                control = None
         task_status.started(self.bound)
         sdnotify.ready()
         async with trio.open_nursery() as sessions:
+            if control is not None:
+                sessions.start_soon(control.serve)
             async with trio.open_nursery() as accepting:
                 for lst, name in named:
                     accepting.start_soon(self._accept_loop, lst, name, sessions)
@@ -318,6 +341,7 @@ class Proxy:
             start_client_tls=self._client_tls.start_tls,
             guard=guard,
             auth_timeout=cfg.limits.auth_timeout,
+            observers=self.observers,
         )
 
 
@@ -328,6 +352,14 @@ async def _turn_away(stream: trio.abc.Stream, line: bytes) -> None:
             await stream.send_all(line)
         with contextlib.suppress(*CONNECTION_ERRORS):
             await stream.aclose()
+
+
+def _trace_recorder(config: Config) -> TraceRecorder | None:
+    rules = [r for r in config.rules if r.action == "trace"]
+    if not rules:
+        return None
+    t = config.trace
+    return TraceRecorder(rules, TraceDir(t.dir, t.max_file_bytes, t.max_dir_bytes))
 
 
 def _sockname(listener: trio.SocketListener | TLSListener) -> tuple[str, int]:

@@ -208,6 +208,9 @@ class Session:
         self._stalled = False  # parsing stopped on the backlog; resume when it drains
         self._tls_starting = False  # STARTTLS answered OK; the handshake is the driver's
         self._caps = self._capability_filter()
+        # Observers' line tap (direction, parser event), set by the driver only while one
+        # wants lines: None costs one attribute test per event.
+        self.tap: Callable[[str, object], None] | None = None
 
     # === public API ====================================================================
     @property
@@ -284,6 +287,8 @@ class Session:
             if ev is CLOSED:
                 self._close("client closed the connection")
                 return
+            if self.tap is not None:
+                self.tap("client", ev)
             t = type(ev)
             if t is LiteralData:
                 self._client_payload(ev.data)  # type: ignore[union-attr]
@@ -687,6 +692,8 @@ class Session:
                     )
                 self._close("upstream closed the connection")
                 return
+            if self.tap is not None:
+                self.tap("server", ev)
             t = type(ev)
             if t is LiteralData or t is ResponsePart:
                 raw = ev.data if t is LiteralData else ev.raw  # type: ignore[union-attr]

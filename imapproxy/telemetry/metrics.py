@@ -278,6 +278,11 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self._sessions_kicked = Counter(
+            "imapproxy_sessions_kicked",
+            "Sessions ended by an administrator (imapproxy kick).",
+            registry=r,
+        )
         self._config_reloads = Counter(
             "imapproxy_config_reloads", "Configuration reloads (SIGHUP), by result.", ["result"],
             registry=r,
@@ -436,6 +441,9 @@ class Metrics:
         except KeyError:
             raise ValueError(f"reason must be one of {LIMIT_REASONS}, not {reason!r}") from None
         inc()
+
+    def session_kicked(self) -> None:
+        self._sessions_kicked.inc()
 
     def config_reloaded(self, ok: bool) -> None:
         self._reload_inc["ok" if ok else "failed"]()

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imapproxy.session.output import CommandBlocked, CommandDone, LoginDone, RuleHit
+from imapproxy.session.output import (
+    CommandBlocked,
+    CommandDone,
+    LoginDone,
+    Note,
+    ProtocolIssue,
+    RuleHit,
+)
+from imapproxy.telemetry.observer import BaseObserver, SessionView
 
 if TYPE_CHECKING:
     from imapproxy.telemetry.metrics import Metrics
@@ -76,3 +84,41 @@ class Telemetry:
     def limit_hit(self, reason: str) -> None:
         if self._m is not None:
             self._m.limit_hit(reason)
+
+    def session_kicked(self) -> None:
+        if self._m is not None:
+            self._m.session_kicked()
+
+
+class MetricsObserver(BaseObserver):
+    """Metrics as an observer of the session stream (see ``telemetry.observer``)."""
+
+    __slots__ = ("_tel",)
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._tel = telemetry
+
+    def session_opened(self, view: SessionView) -> None:
+        self._tel.session_opened(view.listener)
+
+    def upstream_connected(self, view: SessionView, seconds: float) -> None:
+        self._tel.upstream_connected(seconds)
+
+    def upstream_failed(self, view: SessionView, reason: str, detail: str) -> None:
+        self._tel.upstream_error(reason)
+
+    def note(self, view: SessionView, note: Note) -> None:
+        tel = self._tel
+        if isinstance(note, CommandDone):
+            tel.command_done(note)
+        elif isinstance(note, LoginDone):
+            tel.login(note)
+        elif isinstance(note, RuleHit):
+            tel.rule_matched(note)
+        elif isinstance(note, CommandBlocked):
+            tel.command_blocked(note)
+        elif isinstance(note, ProtocolIssue):
+            tel.protocol_error(note.side)
+
+    def session_closed(self, view: SessionView, duration: float) -> None:
+        self._tel.session_closed(duration)

@@ -189,6 +189,16 @@ class ClientParser:
         """The tag whose server answer the parser waits for, when paused."""
         return self._tag if self.paused else None
 
+    @property
+    def last_command(self) -> str:
+        """The name of the last command read ("" after a rejected line); for observers."""
+        return self._name
+
+    @property
+    def idling(self) -> bool:
+        """An IDLE was read and has not ended (waiting for "+", or for the client's DONE)."""
+        return self._name == "IDLE" and self._state in (_State.WAIT_SERVER, _State.IDLE_LINE)
+
     # -- answers from the other direction -------------------------------------------
     @property
     def silent_continuation(self) -> bool:

@@ -263,13 +263,14 @@ ERRORS: dict[str, tuple[str, str]] = {
     "unknown top-level key": (
         "lisen: '0.0.0.0:143'\n",
         "c.yaml:1:1: unknown key 'lisen' in top level (expected one of: client_tls, control, "
-        "limits, listen, listen_tls, log, metrics, rules, rules_file, upstream, "
+        "limits, listen, listen_tls, log, metrics, rules, rules_file, trace, upstream, "
         "workers); did you mean 'listen'?",
     ),
     "unknown key without suggestion": (
         "frobnicate: 1\n",
         "c.yaml:1:1: unknown key 'frobnicate' in top level (expected one of: client_tls, "
-        "control, limits, listen, listen_tls, log, metrics, rules, rules_file, upstream, workers)",
+        "control, limits, listen, listen_tls, log, metrics, rules, rules_file, trace, upstream, "
+        "workers)",
     ),
     "negative per-ip limit": (
         "limits: {max_sessions_per_ip: -1}\n",
@@ -292,7 +293,7 @@ ERRORS: dict[str, tuple[str, str]] = {
     "unknown action": (
         "rules:\n  - name: x\n    action: blok\n",
         "c.yaml:3:13: unknown action 'blok' (expected one of: block, log, read_only, "
-        "rewrite_mailbox)",
+        "rewrite_mailbox, trace)",
     ),
     "listen not a string": (
         "listen: 143\n",
@@ -609,7 +610,7 @@ def test_errors_in_rules_file_name_the_rules_file(cwd: Path) -> None:
     message = check_config(write("c.yaml", "rules_file: rules/example.yaml\n"))
     assert message == (
         "rules/example.yaml:4:11: unknown action 'blok' (expected one of: block, log, "
-        "read_only, rewrite_mailbox)"
+        "read_only, rewrite_mailbox, trace)"
     )
 
 

@@ -36,6 +36,7 @@ EXPECTED_FAMILIES = {
     "imapproxy_tls_handshakes_total",
     "imapproxy_build_info",
     "imapproxy_config_reloads_total",
+    "imapproxy_sessions_kicked_total",
     "imapproxy_config_last_reload_success_timestamp_seconds",
     "imapproxy_accept_errors_total",  # issue 12: out of descriptors
     "imapproxy_limit_hits_total",

@@ -1,0 +1,1 @@
+"""The traffic inspector: session registry, live tail, traces, control socket, CLI client."""
