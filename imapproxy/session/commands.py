@@ -6,10 +6,10 @@
   dropped, see ``discarding``): a duplicate tag in flight (with rules), STARTTLS/COMPRESS
   with arguments, LOGIN/AUTHENTICATE before TLS when TLS is required, an over-long line a
   rule or the session must read, a rule's block;
-* answered locally: STARTTLS (after the commands before it) and COMPRESS;
+* answered locally: STARTTLS (after the commands before it) and COMPRESS, by ``login.py``;
 * held for a verdict (``held.py``) when a rule needs its arguments;
 * otherwise judged on its first line (if rules are in force) and forwarded as it streams,
-  with LOGIN/SELECT/EXAMINE arguments observed on the way (``login.py``).
+  with LOGIN/SELECT/EXAMINE arguments observed on the way (``observe_arguments``).
 
 Local answers go through ``InFlight.answer_in_order``, so they reach the client after the
 server's answers to every command forwarded before them.
@@ -19,19 +19,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from imapproxy.policy.mailboxes import decode_mailbox
 from imapproxy.session.held import HeldCommand
 from imapproxy.session.inflight import InFlightCommand
-from imapproxy.session.login import LOGINS, observe_arguments
-from imapproxy.session.output import CommandBlocked, LoginDone, ProtocolIssue, RuleHit
+from imapproxy.session.output import CommandBlocked, LoginDone, Note, ProtocolIssue, RuleHit
 from imapproxy.session.settings import PolicyLike, VerdictLike
 from imapproxy.wire import Command, CommandPart, LiteralHeader, ProtocolError
 from imapproxy.wire.framing import literal_at_end
 from imapproxy.wire.literals import as_sync, split_at_literals
+from imapproxy.wire.sasl import login_user
+from imapproxy.wire.tokens import TokenError, parse_command
 
 if TYPE_CHECKING:
     from imapproxy.session.core import Session
 
 MAX_CONSECUTIVE_BAD = 10
+LOGINS = ("LOGIN", "AUTHENTICATE")
 # Commands whose arguments the session reads for itself (user, selected mailbox).
 OBSERVED = frozenset({"LOGIN", "SELECT", "EXAMINE"})
 TOO_LONG = b"BAD [TOOBIG] Command line too long to check against the rules"
@@ -40,7 +43,7 @@ TOO_LONG = b"BAD [TOOBIG] Command line too long to check against the rules"
 class ClientCommands:
     """Command handling for one session (see the module docstring)."""
 
-    __slots__ = ("bad_streak", "current", "deferred_starttls", "discarding", "held", "session")
+    __slots__ = ("bad_streak", "current", "discarding", "held", "session")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -48,7 +51,6 @@ class ClientCommands:
         self.discarding = False  # drop the rest of the current command (refused)
         self.held: HeldCommand | None = None  # the current command, held for a verdict
         self.bad_streak = 0
-        self.deferred_starttls: InFlightCommand | None = None  # waits for earlier commands
 
     # --- events ---------------------------------------------------------------------
     def command(self, ev: Command) -> None:
@@ -74,9 +76,9 @@ class ClientCommands:
             if s.inflight.pending:
                 # The answer to STARTTLS changes the stream: decide it once every command
                 # sent before it has its answer (the parser reads nothing meanwhile).
-                self.deferred_starttls = cmd
+                s.login.deferred_starttls = cmd
                 return
-            self._answer_locally(cmd)
+            s.login.answer_locally(cmd)
             return
         if name in LOGINS and s.settings.require_tls and not s.client_tls:
             self._refuse(cmd, ev.literal, b"NO [PRIVACYREQUIRED] Use STARTTLS first")
@@ -109,7 +111,7 @@ class ClientCommands:
             raw = as_sync(raw)
         s.to_upstream(raw)
         if ev.literal is None and not ev.partial:
-            self._end_command()
+            self.end_command()
 
     def part(self, ev: CommandPart) -> None:
         """A command's text after a literal, or the next piece of an over-long line."""
@@ -125,7 +127,7 @@ class ClientCommands:
                 # has its tagged answer. Either way the discarded command ends here.
                 if cmd is not None:
                     s.client.command_finished(cmd.tag)
-                self._end_command()
+                self.end_command()
             elif s.client.silent_continuation:
                 s.client.continuation_received()  # a {n+} payload comes anyway: drop it
             return
@@ -134,7 +136,7 @@ class ClientCommands:
             if ev.partial:  # over-long: the held command is refused, never held whole
                 assert cmd is not None
                 self.held = None
-                self._answer(cmd, TOO_LONG)
+                self.answer(cmd, TOO_LONG)
                 s.client.drop_rest()
                 self.current = None
                 return
@@ -148,7 +150,7 @@ class ClientCommands:
             self._capture(cmd, ev.raw)
         s.to_upstream(as_sync(ev.raw) if s.client.silent_continuation else ev.raw)
         if ev.literal is None and not ev.partial:
-            self._end_command()
+            self.end_command()
 
     def payload(self, data: bytes) -> None:
         """A piece of a client literal."""
@@ -163,17 +165,6 @@ class ClientCommands:
         if cmd is not None and cmd.capture is not None:
             self._capture(cmd, data)
         self.session.to_upstream(data)
-
-    def sasl(self, raw: bytes) -> None:
-        """A client line of an AUTHENTICATE exchange."""
-        s = self.session
-        cmd = s.login.sasl_response(raw)
-        if cmd is not None and self._login_blocked(cmd):
-            # The upstream is mid-exchange: cancel it (RFC 9051 6.2.2) and swallow its
-            # answer; the client already has ours.
-            s.to_upstream(b"*\r\n")
-            return
-        s.to_upstream(raw)
 
     def error(self, exc: ProtocolError) -> None:
         """A line the client parser rejected: answered BAD in order, or the session ends."""
@@ -194,16 +185,8 @@ class ClientCommands:
             s.out.to_client.append(b"* BYE Too many invalid commands\r\n")
             s.close("too many invalid commands")
 
-    def answer_deferred_starttls(self) -> None:
-        """Every command before a deferred STARTTLS is answered: answer it now."""
-        cmd = self.deferred_starttls
-        assert cmd is not None
-        self.deferred_starttls = None
-        self.current = cmd
-        self._answer_locally(cmd)
-
     # --- helpers --------------------------------------------------------------------
-    def _end_command(self) -> None:
+    def end_command(self) -> None:
         cmd = self.current
         self.current = None
         self.discarding = False
@@ -254,7 +237,7 @@ class ClientCommands:
             segments.pop()
         s.release_queue.release(cmd.tag, segments, s.out.to_upstream)
         if complete:
-            self._end_command()
+            self.end_command()
 
     def _apply_verdict(
         self, cmd: InFlightCommand, verdict: VerdictLike, literal: LiteralHeader | None
@@ -266,38 +249,13 @@ class ClientCommands:
         cmd.log = verdict.log
         if verdict.block is None:
             return False
-        rule, message = verdict.block
-        notes.append(CommandBlocked(rule, cmd.name))
-        if cmd.name in LOGINS:
-            notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
-        self._refuse(cmd, literal, _block_text(rule, message))
-        return True
-
-    def _login_blocked(self, cmd: InFlightCommand) -> bool:
-        """An AUTHENTICATE mid-exchange whose user is now known: block it if rules say so."""
-        s = self.session
-        policy = s.policy
-        if policy is None:
-            return False
-        verdict = policy.decide(s.make_facts(cmd.user, s.selected), cmd.name, b"", True)
-        if verdict.block is None:
-            return False
-        cmd.answered = True
-        if cmd.tag not in s.inflight.pending:
-            s.inflight.track(cmd)
-        rule, message = verdict.block
-        notes = s.out.notes
-        for r, a in verdict.matched:
-            notes.append(RuleHit(r, a))
-        notes.append(CommandBlocked(rule, cmd.name))
-        notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
-        self._answer(cmd, _block_text(rule, message))
+        self._refuse(cmd, literal, block_answer(notes, cmd, verdict.block))
         return True
 
     def _refuse_command(self, cmd: InFlightCommand, ev: Command, text: bytes) -> None:
         """Refuse the command just read; an over-long line's rest is dropped unread."""
         if ev.partial:
-            self._answer(cmd, text)
+            self.answer(cmd, text)
             self.session.client.drop_rest()
             self.current = None
         else:
@@ -306,7 +264,7 @@ class ClientCommands:
     def _refuse(self, cmd: InFlightCommand, literal: LiteralHeader | None, text: bytes) -> None:
         """Answer ``cmd`` ourselves and drop whatever the client still sends for it."""
         client = self.session.client
-        self._answer(cmd, text)
+        self.answer(cmd, text)
         if literal is not None and not literal.sync:
             if client.silent_continuation:
                 client.continuation_received()  # a {n+} payload comes anyway: read it
@@ -314,11 +272,11 @@ class ClientCommands:
         else:
             client.command_finished(cmd.tag)
             if literal is None:
-                self._end_command()
+                self.end_command()
             else:
                 self.current = None
 
-    def _answer(self, cmd: InFlightCommand, text: bytes) -> None:
+    def answer(self, cmd: InFlightCommand, text: bytes) -> None:
         s = self.session
         # A command already forwarded (AUTHENTICATE blocked mid-exchange) waits only for the
         # commands forwarded before it.
@@ -328,36 +286,34 @@ class ClientCommands:
         status = text.split(b" ", 1)[0].decode("ascii")
         s.out.notes.append(cmd.done(status, None, s.clock(), s.user, s.selected))
 
-    def _answer_locally(self, cmd: InFlightCommand) -> None:
-        """STARTTLS or COMPRESS, answered by the proxy (relaying them would take the stream
-        out of the inspector's sight)."""
-        s = self.session
-        if cmd.name == "COMPRESS":
-            self._answer(cmd, b"NO [CANNOT] COMPRESS is not available through this proxy")
-        elif s.settings.offer_starttls and not s.client_tls and s.user is None:
-            try:
-                s.client.start_tls()
-            except ProtocolError as exc:
-                s.fatal("client", exc.reason)
-                return
-            self._answer(cmd, b"OK Begin TLS negotiation now")
-            s.out.start_client_tls = True
-            s.tls_starting = True
-        elif s.user is not None:  # RFC 9051 6.2.1: not-authenticated state only
-            self._answer(cmd, b"BAD STARTTLS is only valid before login")
-        elif s.client_tls:
-            self._answer(cmd, b"BAD TLS is already active")
-        else:
-            self._answer(cmd, b"BAD STARTTLS is not available")
-        s.client.command_finished(cmd.tag)
-        self._end_command()
+
+def observe_arguments(cmd: InFlightCommand) -> None:
+    """Read what the session tracks from a complete observed command (``cmd.capture``):
+    LOGIN's user, SELECT/EXAMINE's mailbox."""
+    assert cmd.capture is not None
+    raw = b"".join(cmd.capture)
+    cmd.capture = None
+    if cmd.name == "LOGIN":
+        cmd.user = login_user(raw)
+        return
+    try:  # SELECT / EXAMINE
+        args = parse_command(raw).args
+    except TokenError:
+        return
+    value = args[0].astring() if args else None
+    cmd.mailbox = decode_mailbox(value) if value is not None else None
 
 
 def _reads_arguments(policy: PolicyLike, name: str) -> bool:
     return policy.needs_arguments(name) or name in OBSERVED or name == "AUTHENTICATE"
 
 
-def _block_text(rule: str, message: str) -> bytes:
+def block_answer(notes: list[Note], cmd: InFlightCommand, block: tuple[str, str]) -> bytes:
+    """Note that a rule blocked ``cmd``; the text of the proxy's answer (``NO [rule] ...``)."""
+    rule, message = block
+    notes.append(CommandBlocked(rule, cmd.name))
+    if cmd.name in LOGINS:
+        notes.append(LoginDone(cmd.mechanism or "LOGIN", "blocked", cmd.user))
     code = rule if _is_atom(rule) else "POLICY"
     return b"NO [%s] %s" % (code.encode(), message.encode())
 

@@ -25,8 +25,8 @@ Where each job lives (one module each; ``held.py`` has the glossary of the words
   answers ordered behind forwarded commands;
 * ``held.py``      held commands and ``ReleaseQueue`` (segments waiting for the upstream's
   ``+``, what is queued behind them);
-* ``login.py``     ``UpstreamLogin``: the greeting and login observation (the seam for a
-  pre-authentication phase, see ``Session``).
+* ``login.py``     ``UpstreamLogin``: greeting, STARTTLS/COMPRESS, login observation (the
+  seam for a pre-authentication phase, see ``Session``).
 
 Couplings between directions, all resolved here:
 
@@ -132,13 +132,17 @@ class Session:
     blocks or performs I/O; none raises on hostile input (protocol errors become answers,
     notes and, when fatal, ``Output.close``).
 
-    Pre-authentication phase (per-user routing): the upstream greets and authenticates the
-    client today, observed by ``self.login`` (``UpstreamLogin``, ``login.py``). A phase in
-    which the proxy greets and authenticates the client itself, then picks the upstream,
-    goes in front of the server direction: a second ``login`` object that answers
-    CAPABILITY/LOGIN/AUTHENTICATE locally (``ClientCommands.command``'s login branch) and
-    swallows the upstream's greeting and login answers (``ServerResponses._untagged``'s
-    greeting branch), with the rest of the session unchanged.
+    Pre-authentication phase (per-user routing, next): today the upstream greets and
+    authenticates the client and ``self.login`` (``UpstreamLogin``, ``login.py``) only looks
+    on; every not-authenticated-state decision already goes through it (greeting, STARTTLS,
+    COMPRESS, SASL lines, login outcome). The phase in which the proxy greets and
+    authenticates the client itself, then picks the upstream, is a second class with the
+    same role installed as ``self.login`` while ``user`` is None: ``ClientCommands.command``
+    hands it every command before login (where it now hands it STARTTLS and AUTHENTICATE),
+    it answers them locally, and once the user is known it asks the driver for that
+    upstream (a new ``Output`` action) and consumes the upstream's greeting and login
+    answer (``ServerResponses._untagged``'s greeting branch). The in-flight table, held
+    commands and response rewriting are unchanged by it.
 
     Attributes the handlers share (not for the driver): ``out`` (the ``Output`` being
     built), ``client``/``server`` (the parsers), ``inflight``, ``release_queue``, ``login``,
@@ -157,7 +161,7 @@ class Session:
         self.out = Output()
         self.inflight = InFlight()
         self.release_queue = ReleaseQueue()
-        self.login = UpstreamLogin()
+        self.login = UpstreamLogin(self)
         self.commands = ClientCommands(self)
         self.responses = ServerResponses(self)
         self.tls_starting = False  # STARTTLS answered OK; the handshake is the driver's
@@ -260,7 +264,7 @@ class Session:
                 case LiteralData():
                     commands.payload(ev.data)
                 case SaslResponse():
-                    commands.sasl(ev.raw)
+                    self.login.sasl(ev.raw)
                 case IdleDone() | EmptyLine():
                     self.to_upstream(ev.raw)
 

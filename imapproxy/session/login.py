@@ -1,38 +1,47 @@
-"""Login observation: who the client logs in as, read from the bytes it sends upstream.
+"""The not-authenticated phase as the upstream runs it: greeting, STARTTLS, login.
 
 Today the upstream greets the client and authenticates it; the proxy relays and looks on.
-``UpstreamLogin`` is that phase's seam: the greeting (PREAUTH, a refusing BYE), the user a
-LOGIN or a SASL exchange names (never the secret), and the outcome of a login. A
-pre-authentication phase (the proxy greets and authenticates the client itself, then picks
-the upstream by user) replaces this object and the greeting/LOGIN/AUTHENTICATE branches
-that call it (``Session`` docstring); the rest of the session is unchanged by that.
+``UpstreamLogin`` is that phase's seam. It sees the greeting (PREAUTH, a refusing BYE),
+answers STARTTLS and COMPRESS itself (relaying them would take the stream out of the
+inspector's sight), reads the user a LOGIN or a SASL exchange names (never the secret), lets
+rules block an AUTHENTICATE once its user is known, and notes a login's outcome.
 
-Credentials: ``raw`` bytes of LOGIN and SASL lines pass through here; only user names
+A pre-authentication phase (the proxy greets and authenticates the client itself, then
+picks the upstream by user) replaces this object: see ``Session``'s docstring for where
+the session hands over to it.
+
+Credentials: the ``raw`` bytes of LOGIN and SASL lines pass through here; only user names
 leave (in ``InFlightCommand.user`` and ``LoginDone``).
 """
 
 from __future__ import annotations
 
-from imapproxy.policy.mailboxes import decode_mailbox
-from imapproxy.session.inflight import InFlightCommand
-from imapproxy.session.output import LoginDone
-from imapproxy.wire.sasl import login_user, sasl_user
-from imapproxy.wire.tokens import TokenError, parse_command
+from typing import TYPE_CHECKING
 
-LOGINS = ("LOGIN", "AUTHENTICATE")
+from imapproxy.session.commands import block_answer
+from imapproxy.session.inflight import InFlightCommand
+from imapproxy.session.output import LoginDone, RuleHit
+from imapproxy.wire import ProtocolError
+from imapproxy.wire.sasl import sasl_user
+
+if TYPE_CHECKING:
+    from imapproxy.session.core import Session
 
 
 class UpstreamLogin:
-    """Observes a login the upstream performs (see the module docstring)."""
+    """Greeting, STARTTLS/COMPRESS and login observation (see the module docstring)."""
 
-    __slots__ = ("authenticating", "greeted", "server_bye")
+    __slots__ = ("authenticating", "deferred_starttls", "greeted", "server_bye", "session")
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session) -> None:
+        self.session = session
         self.greeted = False
         self.server_bye = False  # the upstream said BYE: the client needs no second one
         # AUTHENTICATE whose first SASL response (the one naming the user) is still to come.
         self.authenticating: InFlightCommand | None = None
+        self.deferred_starttls: InFlightCommand | None = None  # waits for earlier commands
 
+    # --- server direction -------------------------------------------------------------
     def greeting(self, word: str) -> str | None:
         """The upstream's first response, ``word`` its status; the user it implies."""
         self.greeted = True
@@ -42,6 +51,12 @@ class UpstreamLogin:
             self.server_bye = True
         return None
 
+    @staticmethod
+    def outcome(cmd: InFlightCommand, ok: bool) -> LoginDone:
+        """The observation for a LOGIN/AUTHENTICATE the upstream answered."""
+        return LoginDone(cmd.mechanism or "LOGIN", "ok" if ok else "failed", cmd.user)
+
+    # --- client direction -------------------------------------------------------------
     def start_authenticate(self, cmd: InFlightCommand, raw: bytes) -> None:
         """An AUTHENTICATE line: its mechanism, and the user if it has an initial response."""
         self.authenticating = cmd
@@ -51,34 +66,68 @@ class UpstreamLogin:
             cmd.user = sasl_user(cmd.mechanism, words[3])
             self.authenticating = None  # the initial response was the first one
 
-    def sasl_response(self, raw: bytes) -> InFlightCommand | None:
-        """A client line of a SASL exchange; the command if this line named its user."""
+    def sasl(self, raw: bytes) -> None:
+        """A client line of an AUTHENTICATE exchange: forwarded, or (the user it names is
+        blocked) replaced by a cancellation."""
+        s = self.session
         cmd = self.authenticating
         self.authenticating = None  # later lines answer challenges (LOGIN: the password)
         if cmd is not None and cmd.user is None and cmd.mechanism is not None:
             cmd.user = sasl_user(cmd.mechanism, raw)
-            if cmd.user is not None:
-                return cmd
-        return None
+            if cmd.user is not None and self._blocked(cmd):
+                # The upstream is mid-exchange: cancel it (RFC 9051 6.2.2) and swallow its
+                # answer; the client already has ours.
+                s.to_upstream(b"*\r\n")
+                return
+        s.to_upstream(raw)
 
-    @staticmethod
-    def outcome(cmd: InFlightCommand, ok: bool) -> LoginDone:
-        """The observation for a LOGIN/AUTHENTICATE the upstream answered."""
-        return LoginDone(cmd.mechanism or "LOGIN", "ok" if ok else "failed", cmd.user)
+    def _blocked(self, cmd: InFlightCommand) -> bool:
+        """An AUTHENTICATE mid-exchange whose user is now known: block it if rules say so."""
+        s = self.session
+        policy = s.policy
+        if policy is None:
+            return False
+        verdict = policy.decide(s.make_facts(cmd.user, s.selected), cmd.name, b"", True)
+        if verdict.block is None:
+            return False
+        cmd.answered = True
+        if cmd.tag not in s.inflight.pending:
+            s.inflight.track(cmd)
+        notes = s.out.notes
+        for rule, action in verdict.matched:
+            notes.append(RuleHit(rule, action))
+        s.commands.answer(cmd, block_answer(notes, cmd, verdict.block))
+        return True
 
+    def answer_locally(self, cmd: InFlightCommand) -> None:
+        """STARTTLS or COMPRESS (without arguments), once no command is in flight."""
+        s = self.session
+        answer = s.commands.answer
+        if cmd.name == "COMPRESS":
+            answer(cmd, b"NO [CANNOT] COMPRESS is not available through this proxy")
+        elif s.settings.offer_starttls and not s.client_tls and s.user is None:
+            try:
+                s.client.start_tls()
+            except ProtocolError as exc:
+                s.fatal("client", exc.reason)
+                return
+            answer(cmd, b"OK Begin TLS negotiation now")
+            s.out.start_client_tls = True
+            s.tls_starting = True
+        elif s.user is not None:  # RFC 9051 6.2.1: not-authenticated state only
+            answer(cmd, b"BAD STARTTLS is only valid before login")
+        elif s.client_tls:
+            answer(cmd, b"BAD TLS is already active")
+        else:
+            answer(cmd, b"BAD STARTTLS is not available")
+        s.client.command_finished(cmd.tag)
+        s.commands.end_command()
 
-def observe_arguments(cmd: InFlightCommand) -> None:
-    """Read what the session tracks from a complete observed command (``cmd.capture``):
-    LOGIN's user, SELECT/EXAMINE's mailbox."""
-    assert cmd.capture is not None
-    raw = b"".join(cmd.capture)
-    cmd.capture = None
-    if cmd.name == "LOGIN":
-        cmd.user = login_user(raw)
-        return
-    try:  # SELECT / EXAMINE
-        args = parse_command(raw).args
-    except TokenError:
-        return
-    value = args[0].astring() if args else None
-    cmd.mailbox = decode_mailbox(value) if value is not None else None
+    def answer_deferred_starttls(self) -> None:
+        """Every command before a deferred STARTTLS is answered: answer it now."""
+        cmd = self.deferred_starttls
+        assert cmd is not None
+        self.deferred_starttls = None
+        s = self.session
+        s.commands.current = cmd
+        self.answer_locally(cmd)

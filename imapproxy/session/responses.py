@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from imapproxy.session.commands import LOGINS
 from imapproxy.session.inflight import InFlightCommand
-from imapproxy.session.login import LOGINS
 from imapproxy.session.output import ResponseLogged
 from imapproxy.wire import LiteralData, Response, ResponseKind, ResponsePart
 
@@ -161,8 +161,8 @@ class ServerResponses:
         inflight = s.inflight
         if inflight.queued_bytes:
             inflight.release_answers(s.out.to_client)
-        if s.commands.deferred_starttls is not None and not s.inflight.pending:
-            s.commands.answer_deferred_starttls()
+        if s.login.deferred_starttls is not None and not inflight.pending:
+            s.login.answer_deferred_starttls()
             return True
         return False
 
