@@ -242,7 +242,7 @@ def test_backlog_behind_a_held_command_is_bounded() -> None:
     assert r.session.client_paused
     assert fed < 4 * 65536  # the session stopped accepting early
     assert r.session.backlog <= 4096 + 100
-    r.s(b"+ go\r\n")  # the dance ends: the queue drains and parsing goes on
+    r.s(b"+ go\r\n")  # g's last segment goes: the queue drains, parsing goes on
     assert r.up.startswith(b"g STATUS {5}\r\nINBOX (MESSAGES)\r\nn0 NOOP\r\n")
     assert r.session.backlog <= 4096 + 100
 

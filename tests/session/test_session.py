@@ -703,7 +703,7 @@ def test_rewritten_command_is_forwarded_instead() -> None:
     assert pb.session.selected == "Team"  # the client's own name
 
 
-def test_held_command_small_sync_literal_dance() -> None:
+def test_held_command_small_sync_literals_go_one_per_upstream_plus() -> None:
     policy = FakePolicy(needs=frozenset({"SELECT"}))
     pb = policy_playbook(policy)
     out = pb.c(b"a SELECT {5}\r\n")
@@ -742,7 +742,7 @@ def test_held_login_two_sync_literals() -> None:
     assert_no_secret(pb, PASSWORD)
 
 
-def test_held_command_upstream_refuses_mid_dance() -> None:
+def test_held_command_upstream_refuses_while_segments_wait() -> None:
     pb = policy_playbook(FakePolicy(needs=frozenset({"SELECT"})))
     pb.c(b"a SELECT {5}\r\n")
     pb.c(b"INBOX\r\nb NOOP\r\n")
@@ -775,7 +775,7 @@ def test_held_command_large_literal_streams_after_decision() -> None:
     assert up(pb.c(big + b"\r\n")) == big + b"\r\n"
 
 
-def test_held_commands_pipelined_during_a_dance_do_not_deadlock() -> None:
+def test_held_commands_pipelined_while_segments_wait_do_not_deadlock() -> None:
     # The proxy answers held sync literals itself, so a client can complete a second held
     # command while the first one's segments still wait for the upstream's "+". (CREATE:
     # SELECT now waits for its answer before the next command is read, issue 8.)
@@ -786,7 +786,7 @@ def test_held_commands_pipelined_during_a_dance_do_not_deadlock() -> None:
     assert pb.up == b"a CREATE {5}\r\n"
     out = pb.s(b"+ go\r\n")
     assert down(out) == b""
-    assert up(out) == b"INBOX\r\nb CREATE {4}\r\n"  # b starts its dance after a's
+    assert up(out) == b"INBOX\r\nb CREATE {4}\r\n"  # b's segments wait after a's
     out = pb.s(b"+ go\r\n")
     assert down(out) == b""
     assert up(out) == b"Sent\r\nc NOOP\r\n"
