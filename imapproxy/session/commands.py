@@ -187,6 +187,7 @@ class ClientCommands:
 
     # --- helpers --------------------------------------------------------------------
     def end_command(self) -> None:
+        """The current command was read to its end: observe its arguments, read the next."""
         cmd = self.current
         self.current = None
         self.discarding = False
@@ -277,6 +278,8 @@ class ClientCommands:
                 self.current = None
 
     def answer(self, cmd: InFlightCommand, text: bytes) -> None:
+        """The proxy's own tagged answer ``TAG text`` to ``cmd``, in order (module
+        docstring), with its ``CommandDone``; the caller deals with the command's rest."""
         s = self.session
         # A command already forwarded (AUTHENTICATE blocked mid-exchange) waits only for the
         # commands forwarded before it.

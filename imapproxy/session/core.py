@@ -128,9 +128,14 @@ class Session:
     The driver feeds bytes with ``client_data``/``server_data`` (and ``client_tls_started``
     after a STARTTLS handshake), performs each returned ``Output``, and reads
     ``client_paused`` (stop reading the client) and ``closed`` (the session is over) after
-    each call. ``user`` and ``selected`` are the session's view of the IMAP state. No method
-    blocks or performs I/O; none raises on hostile input (protocol errors become answers,
-    notes and, when fatal, ``Output.close``).
+    each call. No method blocks or performs I/O; none raises on hostile input (protocol
+    errors become answers, notes and, when fatal, ``Output.close``).
+
+    Read by the driver and tests: ``closed`` (None while the session runs, else why it
+    ended; set in the same call whose ``Output.close`` says so), ``user`` (the logged-in user
+    once the upstream accepted a login, ``"(preauth)"`` after a PREAUTH greeting, else None),
+    ``selected`` (the mailbox the upstream has selected, client-side name, or None),
+    ``client_paused``, ``backlog``, ``settings``.
 
     Pre-authentication phase (per-user routing, next): today the upstream greets and
     authenticates the client and ``self.login`` (``UpstreamLogin``, ``login.py``) only looks
