@@ -128,8 +128,6 @@ class Like:
             getattr(other, k) == v for k, v in self.values.items()
         )
 
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
         return f"{self.kind.__name__}({args}, ...)"
