@@ -14,6 +14,7 @@ import trio
 
 from imapproxy.config.loader import ClientTLS, Config, load_config
 from imapproxy.demo.dovecot import Dovecot
+from imapproxy.session.core import Session
 
 from .conftest import Account, ProxyFactory, RunningProxy, new_account
 from .rawimap import RawIMAP
@@ -193,10 +194,10 @@ async def test_duplicate_tag_does_not_lose_the_selection(
 
 
 # --- bug 6 ---------------------------------------------------------------------------------
-def _queued(session: object) -> int:
+def _queued(session: Session) -> int:
     """Client bytes a session holds behind a held command (its private queue, read here to
     measure the bound directly)."""
-    queue = getattr(session, "_after_dance", [])
+    queue = session.release_queue.behind
     return sum(len(x) if isinstance(x, bytes) else sum(map(len, x[1])) for x in queue)
 
 

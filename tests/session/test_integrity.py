@@ -13,7 +13,19 @@ from imapproxy.config.rulefile import parse_rules
 from imapproxy.config.yamlsource import YNode
 from imapproxy.policy import Policy, SessionFacts
 from imapproxy.session.core import Session, SessionSettings
-from imapproxy.session.output import CommandBlocked, Output
+from imapproxy.session.output import CommandBlocked, CommandDone, LoginDone, Output, RuleHit
+
+from .playbook import (
+    Like,
+    Paused,
+    Playbook,
+    PlaybookFactory,
+    Resumed,
+    client,
+    server,
+    to_client,
+    to_upstream,
+)
 
 RULES = """
 - name: erin-no-delete
@@ -66,6 +78,13 @@ class Run:
 
     def s(self, data: bytes) -> None:
         self._record(self.session.server_data(data))
+
+
+def ruled(playbook: PlaybookFactory, rules: str = RULES, **settings: object) -> Playbook:
+    """A playbook on a session with ``rules``, past the greeting."""
+    pb = playbook(policy=compile_rules(rules), facts=SessionFacts, **settings)
+    assert pb >> server(b"* OK ready\r\n") << to_client(b"* OK ready\r\n")
+    return pb
 
 
 BYTEWISE = pytest.mark.parametrize("bytewise", [False, True], ids=["one-write", "bytewise"])
@@ -195,14 +214,17 @@ def test_duplicate_tag_is_refused_and_selection_recorded(bytewise: bool) -> None
     assert b"STORE" not in r.up and b"EXPUNGE" not in r.up
 
 
-def test_duplicate_of_a_forwarded_command_gets_bad_in_order() -> None:
-    r = Run()
-    r.c(b"f FETCH 1 FLAGS\r\nf NOOP\r\nf APPEND INBOX {3+}\r\nabc\r\ng NOOP\r\n")
-    assert r.up == b"f FETCH 1 FLAGS\r\ng NOOP\r\n"
-    assert r.down == b""  # the proxy's BADs wait for the answer to f
-    r.s(b"f OK done\r\n")
-    assert r.down == (
-        b"f OK done\r\nf BAD Duplicate tag in flight\r\nf BAD Duplicate tag in flight\r\n"
+def test_duplicate_of_a_forwarded_command_gets_bad_in_order(playbook: PlaybookFactory) -> None:
+    duplicate = b"f BAD Duplicate tag in flight\r\n"
+    assert (
+        ruled(playbook)
+        >> client(b"f FETCH 1 FLAGS\r\nf NOOP\r\nf APPEND INBOX {3+}\r\nabc\r\ng NOOP\r\n")
+        << to_upstream(b"f FETCH 1 FLAGS\r\ng NOOP\r\n")  # the proxy's BADs wait for f
+        << Like(CommandDone, tag="f", command="NOOP", status="BAD")
+        << Like(CommandDone, tag="f", command="APPEND", status="BAD")
+        >> server(b"f OK done\r\n")
+        << to_client(b"f OK done\r\n" + duplicate + duplicate)
+        << Like(CommandDone, tag="f", command="FETCH", status="OK")
     )
 
 
@@ -220,7 +242,7 @@ def test_backlog_behind_a_held_command_is_bounded() -> None:
     assert r.session.client_paused
     assert fed < 4 * 65536  # the session stopped accepting early
     assert r.session.backlog <= 4096 + 100
-    r.s(b"+ go\r\n")  # the dance ends: the queue drains and parsing goes on
+    r.s(b"+ go\r\n")  # g's last segment goes: the queue drains, parsing goes on
     assert r.up.startswith(b"g STATUS {5}\r\nINBOX (MESSAGES)\r\nn0 NOOP\r\n")
     assert r.session.backlog <= 4096 + 100
 
@@ -267,15 +289,26 @@ def test_long_select_with_rules_is_refused() -> None:
 
 
 # --- bug 9: answer order, STARTTLS after login -------------------------------------------
-def test_block_answer_waits_for_earlier_server_answer() -> None:
-    r = Run()
-    r.c(b"a LOGIN erin pw\r\n")
-    r.s(b"a OK\r\n")
-    r.down = b""
-    r.c(b"f FETCH 1 FLAGS\r\nd DELETE X\r\n")
-    assert r.down == b""
-    r.s(b"* 1 FETCH (FLAGS ())\r\nf OK done\r\n")
-    assert r.down == b"* 1 FETCH (FLAGS ())\r\nf OK done\r\nd NO [erin-no-delete] no\r\n"
+def test_block_answer_waits_for_earlier_server_answer(playbook: PlaybookFactory) -> None:
+    assert (
+        ruled(playbook)
+        >> client(b"a LOGIN erin pw\r\n")
+        << to_upstream(b"a LOGIN erin pw\r\n")
+        << Paused()  # the state barrier: nothing is read until LOGIN's answer
+        >> server(b"a OK\r\n")
+        << to_client(b"a OK\r\n")
+        << LoginDone("LOGIN", "ok", "erin")
+        << Like(CommandDone, tag="a", user="erin")
+        << Resumed()
+        >> client(b"f FETCH 1 FLAGS\r\nd DELETE X\r\n")
+        << to_upstream(b"f FETCH 1 FLAGS\r\n")
+        << RuleHit("erin-no-delete", "block")
+        << CommandBlocked("erin-no-delete", "DELETE")
+        << Like(CommandDone, tag="d", command="DELETE", status="NO")
+        >> server(b"* 1 FETCH (FLAGS ())\r\nf OK done\r\n")
+        << to_client(b"* 1 FETCH (FLAGS ())\r\nf OK done\r\nd NO [erin-no-delete] no\r\n")
+        << Like(CommandDone, tag="f", status="OK")
+    )
 
 
 def test_malformed_line_bad_waits_for_earlier_answer_without_rules() -> None:
@@ -317,16 +350,23 @@ def test_every_nonsync_literal_of_a_command_is_confirmed_and_later_plus_reaches_
     assert r.down == b"a OK appended\r\n+ idling\r\n"  # IDLE's "+" is the client's
 
 
-def test_held_dance_is_aborted_only_by_its_own_tag() -> None:
+def test_held_segments_are_dropped_only_on_their_own_tag(playbook: PlaybookFactory) -> None:
     rules = RULES + "- {name: st, action: block, when: {command: [STATUS], mailbox: Secret}}\n"
-    r = Run(rules)
-    r.c(b"f FETCH 1 FLAGS\r\ng STATUS {5+}\r\nINBOX (MESSAGES)\r\nn NOOP\r\n")
-    assert r.up == b"f FETCH 1 FLAGS\r\ng STATUS {5}\r\n"
-    r.s(b"f NO no\r\n")  # another command's answer: g's segments still wait for "+"
-    assert r.up == b"f FETCH 1 FLAGS\r\ng STATUS {5}\r\n"
-    r.s(b"+ go\r\n")
-    assert r.up == b"f FETCH 1 FLAGS\r\ng STATUS {5}\r\nINBOX (MESSAGES)\r\nn NOOP\r\n"
-    r.c(b"h STATUS {6+}\r\nSecret (MESSAGES)\r\n")
-    assert b"h NO" not in r.down  # blocked, its answer waits for g's and n's
-    r.s(b"g OK\r\nn OK\r\n")
-    assert r.down.startswith(b"f NO no\r\ng OK\r\nn OK\r\nh NO [st]")
+    assert (
+        ruled(playbook, rules)
+        >> client(b"f FETCH 1 FLAGS\r\ng STATUS {5+}\r\nINBOX (MESSAGES)\r\nn NOOP\r\n")
+        << to_upstream(b"f FETCH 1 FLAGS\r\ng STATUS {5}\r\n")
+        >> server(b"f NO no\r\n")  # another command's answer: g's segments still wait for "+"
+        << to_client(b"f NO no\r\n")
+        << Like(CommandDone, tag="f", status="NO")
+        >> server(b"+ go\r\n")  # consumed: the client had no "+" to wait for
+        << to_upstream(b"INBOX (MESSAGES)\r\nn NOOP\r\n")
+        >> client(b"h STATUS {6+}\r\nSecret (MESSAGES)\r\n")
+        << RuleHit("st", "block")
+        << CommandBlocked("st", "STATUS")
+        << Like(CommandDone, tag="h", status="NO")  # blocked; its answer waits for g's and n's
+        >> server(b"g OK\r\nn OK\r\n")
+        << to_client(b"g OK\r\nn OK\r\nh NO [st] Blocked by policy rule st\r\n")
+        << Like(CommandDone, tag="g", status="OK")
+        << Like(CommandDone, tag="n", status="OK")
+    )

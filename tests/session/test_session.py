@@ -1,4 +1,5 @@
-"""The pure session, Playbook style: bytes in on either side, assert on ``Output``.
+"""The pure session: bytes in on either side, assert on ``Output`` (``Recorder``), or on every
+output in order (``playbook``, see ``playbook.py``).
 
 Expectations are derived from the inputs: forwarded bytes must equal what the other side
 sent, filtered capability lists are recomputed here from the input words.
@@ -24,11 +25,22 @@ from imapproxy.session.output import (
     RuleHit,
 )
 
+from .playbook import (
+    Like,
+    Paused,
+    PlaybookFactory,
+    Resumed,
+    client,
+    server,
+    to_client,
+    to_upstream,
+)
+
 PASSWORD = b"s3cr3t-Pa55"
 PLAIN = base64.b64encode(b"\x00bob\x00" + PASSWORD)
 
 
-class Playbook:
+class Recorder:
     """A session plus everything it has said so far."""
 
     def __init__(self, **settings: object) -> None:
@@ -76,7 +88,7 @@ def sent(steps: list[tuple[str, bytes]], side: str) -> bytes:
     return b"".join(data for s, data in steps if s == side)
 
 
-def assert_no_secret(pb: Playbook, *secrets: bytes) -> None:
+def assert_no_secret(pb: Recorder, *secrets: bytes) -> None:
     for note in pb.notes:
         for text in (repr(note), str(note)):
             for secret in secrets:
@@ -149,7 +161,7 @@ def transcript(login: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
 def test_transcript_is_forwarded_byte_for_byte(login: str, bytewise: bool) -> None:
     mechanism, login_steps = LOGINS[login]
     steps = transcript(login_steps)
-    pb = Playbook()
+    pb = Recorder()
     pb.play(steps, bytewise=bytewise)
     assert pb.up == sent(steps, "C")
     assert pb.down == sent(steps, "S")  # no extra BYE: the server said BYE itself
@@ -164,7 +176,7 @@ def test_transcript_is_forwarded_byte_for_byte(login: str, bytewise: bool) -> No
 @pytest.mark.parametrize("login", list(LOGINS))
 def test_bytewise_feeding_decides_exactly_the_same(login: str) -> None:
     steps = transcript(LOGINS[login][1])
-    whole, drip = Playbook(), Playbook()
+    whole, drip = Recorder(), Recorder()
     whole.play(steps)
     drip.play(steps, bytewise=True)
     assert (drip.up, drip.down) == (whole.up, whole.down)
@@ -172,7 +184,7 @@ def test_bytewise_feeding_decides_exactly_the_same(login: str) -> None:
 
 
 def test_pipelined_commands_and_responses_in_one_write() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     cmds = b"a1 NOOP\r\na2 SELECT INBOX\r\na3 FETCH 1 (FLAGS)\r\n\r\na4 LOGOUT\r\n"
     assert up(pb.c(cmds)) == cmds
@@ -191,31 +203,45 @@ def test_pipelined_commands_and_responses_in_one_write() -> None:
     assert done[2].mailbox == "INBOX"
 
 
-def test_paused_client_resumes_on_continuation_in_the_same_server_call() -> None:
-    pb = Playbook()
-    pb.s(b"* OK ready\r\n")
-    assert up(pb.c(b"a APPEND INBOX {5}\r\n")) == b"a APPEND INBOX {5}\r\n"
-    assert pb.session.client_paused
-    assert up(pb.c(b"hello\r\nb NOOP\r\n")) == b""  # held until the server says "+"
-    out = pb.s(b"+ go ahead\r\n")
-    assert down(out) == b"+ go ahead\r\n"
-    assert up(out) == b"hello\r\nb NOOP\r\n"
-    assert not pb.session.client_paused
+def test_paused_client_resumes_on_continuation_in_the_same_server_call(
+    playbook: PlaybookFactory,
+) -> None:
+    assert (
+        playbook()
+        >> server(b"* OK ready\r\n")
+        << to_client(b"* OK ready\r\n")
+        >> client(b"a APPEND INBOX {5}\r\n")
+        << to_upstream(b"a APPEND INBOX {5}\r\n")
+        << Paused()
+        >> client(b"hello\r\nb NOOP\r\n")  # held until the server says "+"
+        >> server(b"+ go ahead\r\n")
+        << to_client(b"+ go ahead\r\n")
+        << to_upstream(b"hello\r\nb NOOP\r\n")
+        << Resumed()
+    )
 
 
-def test_tagged_no_instead_of_continuation_makes_next_bytes_a_command() -> None:
-    pb = Playbook()
-    pb.s(b"* OK ready\r\n")
-    pb.c(b"a APPEND Nope {5}\r\n")
-    pb.c(b"b NOOP\r\n")
-    out = pb.s(b"a NO [TRYCREATE] No such mailbox\r\n")
-    assert down(out) == b"a NO [TRYCREATE] No such mailbox\r\n"
-    assert up(out) == b"b NOOP\r\n"
-    assert [(n.tag, n.status, n.code) for n in pb.of(CommandDone)] == [("a", "NO", "TRYCREATE")]
+def test_tagged_no_instead_of_continuation_makes_next_bytes_a_command(
+    playbook: PlaybookFactory,
+) -> None:
+    assert (
+        playbook()
+        >> server(b"* OK ready\r\n")
+        << to_client(b"* OK ready\r\n")
+        >> client(b"a APPEND Nope {5}\r\n")
+        << to_upstream(b"a APPEND Nope {5}\r\n")
+        << Paused()
+        >> client(b"b NOOP\r\n")
+        >> server(b"a NO [TRYCREATE] No such mailbox\r\n")
+        << to_client(b"a NO [TRYCREATE] No such mailbox\r\n")
+        << to_upstream(b"b NOOP\r\n")
+        << Like(CommandDone, tag="a", status="NO", code="TRYCREATE")
+        << Resumed()
+    )
 
 
 def test_rejected_idle_next_line_is_forwarded_as_a_command() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.c(b"a IDLE\r\nb DELETE Trash\r\n")
     out = pb.s(b"a BAD IDLE not allowed\r\n")
@@ -247,7 +273,7 @@ def filtered(words: list[bytes], add: tuple[bytes, ...] = ()) -> bytes:
 
 def test_capabilities_are_filtered_everywhere_and_nothing_else_changes() -> None:
     caps = b" ".join(UPSTREAM_CAPS)
-    pb = Playbook()
+    pb = Recorder()
     out = pb.s(b"* OK [CAPABILITY " + caps + b"] Dovecot ready.\r\n")
     assert down(out) == b"* OK [CAPABILITY " + filtered(UPSTREAM_CAPS) + b"] Dovecot ready.\r\n"
     pb.c(b"a1 CAPABILITY\r\n")
@@ -263,7 +289,7 @@ def test_capabilities_are_filtered_everywhere_and_nothing_else_changes() -> None
 
 
 def test_proxy_advertises_its_own_starttls_until_tls_is_up() -> None:
-    pb = Playbook(offer_starttls=True)
+    pb = Recorder(offer_starttls=True)
     out = pb.s(b"* OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] ready\r\n")
     assert down(out) == b"* OK [CAPABILITY IMAP4rev1 IDLE STARTTLS] ready\r\n"
     out = pb.c(b"a STARTTLS\r\n")
@@ -276,7 +302,7 @@ def test_proxy_advertises_its_own_starttls_until_tls_is_up() -> None:
 
 
 def test_require_tls_advertises_logindisabled_and_refuses_login() -> None:
-    pb = Playbook(offer_starttls=True, require_tls=True)
+    pb = Recorder(offer_starttls=True, require_tls=True)
     out = pb.s(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
     assert down(out) == b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN STARTTLS LOGINDISABLED] ready\r\n"
     out = pb.c(b"a LOGIN bob " + PASSWORD + b"\r\n")
@@ -288,17 +314,20 @@ def test_require_tls_advertises_logindisabled_and_refuses_login() -> None:
 
 
 # --- STARTTLS / COMPRESS answered by the proxy -------------------------------------------------
-def test_starttls_not_offered_is_refused_locally() -> None:
-    pb = Playbook()
-    pb.s(b"* OK ready\r\n")
-    out = pb.c(b"a STARTTLS\r\nb NOOP\r\n")
-    assert down(out).startswith(b"a BAD ")
-    assert up(out) == b"b NOOP\r\n"
-    assert not out.start_client_tls
+def test_starttls_not_offered_is_refused_locally(playbook: PlaybookFactory) -> None:
+    assert (
+        playbook()
+        >> server(b"* OK ready\r\n")
+        << to_client(b"* OK ready\r\n")
+        >> client(b"a STARTTLS\r\nb NOOP\r\n")
+        << to_client(b"a BAD STARTTLS is not available\r\n")
+        << to_upstream(b"b NOOP\r\n")
+        << Like(CommandDone, tag="a", command="STARTTLS", status="BAD")
+    )
 
 
 def test_starttls_with_pipelined_bytes_closes_without_forwarding() -> None:
-    pb = Playbook(offer_starttls=True)
+    pb = Recorder(offer_starttls=True)
     pb.s(b"* OK ready\r\n")
     out = pb.c(b"a STARTTLS\r\nb LOGIN bob pw\r\n")
     assert up(out) == b""
@@ -316,7 +345,7 @@ def test_locally_answered_command_with_a_literal_forwards_nothing(
     # Neither command takes a literal. Its payload must not reach the upstream (where it
     # would run as a command nobody checked), and the session must not wait for an
     # upstream answer to a command the upstream never saw.
-    pb = Playbook(offer_starttls=offer)
+    pb = Recorder(offer_starttls=offer)
     pb.s(b"* OK ready\r\n")
     payload = b"b DELETE FOO" if announce.endswith(b"+}") else b""
     out = pb.c(b"a " + command + b" " + announce + b"\r\n" + payload + b"\r\n" * bool(payload))
@@ -328,7 +357,7 @@ def test_locally_answered_command_with_a_literal_forwards_nothing(
 
 
 def test_compress_is_refused_locally() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     out = pb.c(b"a COMPRESS DEFLATE\r\nb NOOP\r\n")
     assert down(out).startswith(b"a NO ")
@@ -337,14 +366,23 @@ def test_compress_is_refused_locally() -> None:
 
 
 # --- users and mailboxes -------------------------------------------------------------------------
-def test_failed_login_leaves_no_user() -> None:
-    pb = Playbook()
-    pb.s(b"* OK ready\r\n")
-    pb.c(b'a LOGIN "bob" "' + PASSWORD + b'"\r\n')
-    pb.s(b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+def test_failed_login_leaves_no_user(playbook: PlaybookFactory) -> None:
+    pb = playbook()
+    login = b'a LOGIN "bob" "' + PASSWORD + b'"\r\n'
+    assert (
+        pb
+        >> server(b"* OK ready\r\n")
+        << to_client(b"* OK ready\r\n")
+        >> client(login)
+        << to_upstream(login)
+        >> server(b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        << to_client(b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        << LoginDone("LOGIN", "failed", "bob")
+        << Like(CommandDone, tag="a", command="LOGIN", status="NO", user="bob")
+    )
     assert pb.session.user is None
-    assert pb.of(LoginDone) == [LoginDone("LOGIN", "failed", "bob")]
-    assert_no_secret(pb, PASSWORD)
+    for entry in pb.actual:
+        assert PASSWORD.decode() not in repr(entry) or isinstance(entry, client | to_upstream)
 
 
 @pytest.mark.parametrize(
@@ -357,7 +395,7 @@ def test_failed_login_leaves_no_user() -> None:
     ],
 )
 def test_selected_mailbox_tracking(command: bytes, name: str) -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.c(b"a " + command + b"\r\n")
     pb.s(b"* 3 EXISTS\r\na OK done\r\n")
@@ -372,7 +410,7 @@ def test_selected_mailbox_tracking(command: bytes, name: str) -> None:
 
 @pytest.mark.parametrize("closer", [b"CLOSE", b"UNSELECT"])
 def test_close_and_unselect_deselect(closer: bytes) -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.c(b"a SELECT INBOX\r\n")
     pb.s(b"a OK\r\n")
@@ -381,10 +419,13 @@ def test_close_and_unselect_deselect(closer: bytes) -> None:
     assert pb.session.selected is None
 
 
-def test_preauth_greeting_counts_as_logged_in() -> None:
-    pb = Playbook()
-    out = pb.s(b"* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] welcome\r\n")
-    assert down(out) == b"* PREAUTH [CAPABILITY IMAP4rev1] welcome\r\n"
+def test_preauth_greeting_counts_as_logged_in(playbook: PlaybookFactory) -> None:
+    pb = playbook()
+    assert (
+        pb
+        >> server(b"* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] welcome\r\n")
+        << to_client(b"* PREAUTH [CAPABILITY IMAP4rev1] welcome\r\n")
+    )
     assert pb.session.user is not None
 
 
@@ -398,7 +439,7 @@ def test_preauth_greeting_counts_as_logged_in() -> None:
 def test_sasl_login_mechanism_never_reports_the_password_as_user(first: bytes) -> None:
     # Only the first response names the user; the next one of the LOGIN mechanism is the
     # password and must never be taken for the user.
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.c(first)
     if first.endswith(b"LOGIN\r\n"):
@@ -413,7 +454,7 @@ def test_sasl_login_mechanism_never_reports_the_password_as_user(first: bytes) -
 
 
 def test_sasl_login_mechanism_user_from_first_response() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.c(b"a AUTHENTICATE LOGIN\r\n")
     pb.s(b"+ VXNlcm5hbWU6\r\n")
@@ -428,7 +469,7 @@ def test_sasl_login_mechanism_user_from_first_response() -> None:
 
 # --- end of session -----------------------------------------------------------------------------
 def test_upstream_eof_gives_bye() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.c(b"a NOOP\r\n")
     out = pb.s(b"")
@@ -437,7 +478,7 @@ def test_upstream_eof_gives_bye() -> None:
 
 
 def test_upstream_eof_after_server_bye_adds_nothing() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     out = pb.s(b"* BYE Server shutting down\r\n")
     assert down(out) == b"* BYE Server shutting down\r\n"
@@ -446,7 +487,7 @@ def test_upstream_eof_after_server_bye_adds_nothing() -> None:
 
 
 def test_bye_greeting_then_eof_adds_nothing() -> None:
-    pb = Playbook()
+    pb = Recorder()
     out = pb.s(b"* BYE Too many connections from your IP\r\n")
     assert down(out) == b"* BYE Too many connections from your IP\r\n"
     out = pb.s(b"")
@@ -454,7 +495,7 @@ def test_bye_greeting_then_eof_adds_nothing() -> None:
 
 
 def test_upstream_eof_mid_response_gives_bye() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.c(b"a FETCH 1 BODY[]\r\n")
     pb.s(b"* 1 FETCH (BODY[] {100}\r\npartial")
@@ -464,14 +505,14 @@ def test_upstream_eof_mid_response_gives_bye() -> None:
 
 
 def test_client_eof_closes() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     out = pb.c(b"")
     assert out.close is not None and up(out) == b""
 
 
 def test_too_many_malformed_lines_give_bye() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     for i in range(MAX_CONSECUTIVE_BAD - 1):
         out = pb.c(b"t%d (nonsense\r\n" % i)
@@ -486,7 +527,7 @@ def test_too_many_malformed_lines_give_bye() -> None:
 
 
 def test_a_good_command_resets_the_malformed_streak() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     bad = b"(x\r\n" * (MAX_CONSECUTIVE_BAD - 1)
     out = pb.c(bad + b"a NOOP\r\n" + bad)
@@ -502,7 +543,7 @@ def test_a_good_command_resets_the_malformed_streak() -> None:
 def test_line_over_the_cap_streams_through() -> None:
     # Issue 8 bug 8: servers accept lines longer than the proxy's line cap; without rules
     # they pass as pieces (bounded memory), byte for byte. (It used to be "* BYE".)
-    pb = Playbook(max_line=1024)
+    pb = Recorder(max_line=1024)
     pb.s(b"* OK ready\r\n")
     line = b"a LOGIN " + b"x" * 2000 + b"\r\n"
     out = pb.c(line + b"b NOOP\r\n")
@@ -521,11 +562,11 @@ def test_line_over_the_cap_streams_through() -> None:
 def test_malformed_line_nonsync_literal_is_not_forwarded(data: bytes) -> None:
     # The client gets BAD for the line; its announced payload and the rest of the line must
     # be dropped, not sent upstream where they would run as a command the policy never saw.
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     for chunk in (data + b"c NOOP\r\n", data[:9], data[9:] + b"c NOOP\r\n"):
         out = pb.c(chunk)
-    pb2 = Playbook()
+    pb2 = Recorder()
     pb2.s(b"* OK ready\r\n")
     out = pb2.c(data + b"c NOOP\r\n")
     assert down(out).count(b" BAD ") == 1
@@ -534,7 +575,7 @@ def test_malformed_line_nonsync_literal_is_not_forwarded(data: bytes) -> None:
 
 
 def test_empty_lines_are_forwarded() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     out = pb.c(b"\r\na NOOP\r\n")
     assert up(out) == b"\r\na NOOP\r\n" and down(out) == b""
@@ -591,8 +632,8 @@ def facts(ip: object, user: str | None, selected: str | None) -> tuple[object, .
     return (ip, user, selected)
 
 
-def policy_playbook(policy: FakePolicy, **settings: object) -> Playbook:
-    pb = Playbook(
+def policy_playbook(policy: FakePolicy, **settings: object) -> Recorder:
+    pb = Recorder(
         policy=policy, facts=facts, client_ip=ipaddress.ip_address("192.0.2.7"), **settings
     )
     pb.s(b"* OK ready\r\n")
@@ -662,7 +703,7 @@ def test_rewritten_command_is_forwarded_instead() -> None:
     assert pb.session.selected == "Team"  # the client's own name
 
 
-def test_held_command_small_sync_literal_dance() -> None:
+def test_held_command_small_sync_literals_go_one_per_upstream_plus() -> None:
     policy = FakePolicy(needs=frozenset({"SELECT"}))
     pb = policy_playbook(policy)
     out = pb.c(b"a SELECT {5}\r\n")
@@ -701,7 +742,7 @@ def test_held_login_two_sync_literals() -> None:
     assert_no_secret(pb, PASSWORD)
 
 
-def test_held_command_upstream_refuses_mid_dance() -> None:
+def test_held_command_upstream_refuses_while_segments_wait() -> None:
     pb = policy_playbook(FakePolicy(needs=frozenset({"SELECT"})))
     pb.c(b"a SELECT {5}\r\n")
     pb.c(b"INBOX\r\nb NOOP\r\n")
@@ -734,7 +775,7 @@ def test_held_command_large_literal_streams_after_decision() -> None:
     assert up(pb.c(big + b"\r\n")) == big + b"\r\n"
 
 
-def test_held_commands_pipelined_during_a_dance_do_not_deadlock() -> None:
+def test_held_commands_pipelined_while_segments_wait_do_not_deadlock() -> None:
     # The proxy answers held sync literals itself, so a client can complete a second held
     # command while the first one's segments still wait for the upstream's "+". (CREATE:
     # SELECT now waits for its answer before the next command is read, issue 8.)
@@ -745,7 +786,7 @@ def test_held_commands_pipelined_during_a_dance_do_not_deadlock() -> None:
     assert pb.up == b"a CREATE {5}\r\n"
     out = pb.s(b"+ go\r\n")
     assert down(out) == b""
-    assert up(out) == b"INBOX\r\nb CREATE {4}\r\n"  # b starts its dance after a's
+    assert up(out) == b"INBOX\r\nb CREATE {4}\r\n"  # b's segments wait after a's
     out = pb.s(b"+ go\r\n")
     assert down(out) == b""
     assert up(out) == b"Sent\r\nc NOOP\r\n"

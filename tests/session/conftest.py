@@ -1,0 +1,1 @@
+from .playbook import playbook  # noqa: F401 - registers the playbook fixture
