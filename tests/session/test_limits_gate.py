@@ -6,7 +6,7 @@ import base64
 
 from imapproxy.session.output import LoginDone
 
-from .test_session import Playbook
+from .test_session import Recorder as Playbook
 
 GREETING = b"* OK ready\r\n"
 REFUSAL = b"NO [UNAVAILABLE] Too many failed logins, try later"
