@@ -137,7 +137,7 @@ def overlong_literal(line: bytes) -> bool:
     Only worth asking when ``LITERAL_AT_END_RE`` did not match; costs the length of the
     digit run, not of the line.
     """
-    body = line[:-2] if line.endswith(b"}\r\n") else line[:-1] if line.endswith(b"}\n") else b""
+    body = line[:-3] if line.endswith(b"}\r\n") else line[:-2] if line.endswith(b"}\n") else b""
     if body.endswith(b"+"):
         body = body[:-1]
     run = len(body) - len(body.rstrip(_DIGITS))
