@@ -60,6 +60,15 @@ COMMAND_HEAD_RE = re.compile(rb"(" + TAG + rb") (" + COMMAND_NAME + rb")" + _END
 COMMAND_NAME_RE = re.compile(rb"(" + COMMAND_NAME + rb")" + _END_OF_WORD)
 TAG_RE = re.compile(TAG)
 
+#   response-tagged = tag SP resp-cond-state CRLF
+#   response-data   = "*" SP (resp-cond-state / resp-cond-bye / mailbox-data /
+#                     message-data / capability-data / ...) CRLF
+#   message-data    = nz-number SP ("EXPUNGE" / ("FETCH" SP msg-att))
+# "* 12 FETCH", "* OK", "a1 NO": groups 1 the tag (or "*"), 2 the response word after an
+# optional message number. Laxer than the client side on purpose: the proxy trusts the
+# server's framing and only needs the word.
+RESPONSE_HEAD_RE = re.compile(rb"([^ \r\n]+) (?:[0-9]+ )?([A-Za-z][A-Za-z0-9._=-]*)")
+
 # -- quoted strings ----------------------------------------------------------------------
 #   quoted         = DQUOTE *QUOTED-CHAR DQUOTE
 #   QUOTED-CHAR    = <any TEXT-CHAR except quoted-specials> / "\" quoted-specials /

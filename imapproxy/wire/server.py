@@ -19,7 +19,6 @@ is never split across pieces.
 from __future__ import annotations
 
 import enum
-import re
 
 from . import grammar
 from .errors import ProtocolError
@@ -37,8 +36,7 @@ from .framing import Framer, literal_at_end
 
 DEFAULT_MAX_LINE = grammar.DEFAULT_MAX_LINE
 
-# "* 12 FETCH", "* OK", "a1 NO": the tag, an optional message number, then the word.
-_HEAD = re.compile(rb"([^ \r\n]+) (?:\d+ )?([A-Za-z][A-Za-z0-9._=-]*)")
+_HEAD = grammar.RESPONSE_HEAD_RE
 
 
 class _State(enum.Enum):

@@ -154,6 +154,21 @@ def test_command_head(line: bytes, head: tuple[bytes, bytes] | None) -> None:
     assert (m.groups() if m else None) == head
 
 
+@pytest.mark.parametrize(
+    ("line", "head"),
+    [
+        (b"* 12 FETCH (FLAGS ())\r\n", (b"*", b"FETCH")),
+        (b"* OK [CAPABILITY IMAP4rev1] hi\r\n", (b"*", b"OK")),
+        (b"a1 NO [TRYCREATE] no\r\n", (b"a1", b"NO")),
+        (b"* 3 EXPUNGE\r\n", (b"*", b"EXPUNGE")),
+        (b"* \r\n", None),  # continuation requests ("+") are told apart before
+    ],
+)
+def test_response_head(line: bytes, head: tuple[bytes, bytes] | None) -> None:
+    m = grammar.RESPONSE_HEAD_RE.match(line)
+    assert (m.groups() if m else None) == head
+
+
 def test_astring_and_list_atoms() -> None:
     assert grammar.is_astring_atom(b"[Gmail]/Sent")
     assert not grammar.is_astring_atom(b"a*")
