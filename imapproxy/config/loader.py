@@ -25,6 +25,7 @@ from yaml.nodes import ScalarNode
 from imapproxy.config.rulefile import network, parse_rules, parse_rules_document
 from imapproxy.config.yamlsource import ConfigError, Mapping, YNode, load_yaml
 from imapproxy.policy.model import Network, Rule
+from imapproxy.wire.grammar import DEFAULT_MAX_LINE
 
 __all__ = [
     "Address",
@@ -147,7 +148,7 @@ class LoginFailures:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_line: int = 65536
+    max_line: int = DEFAULT_MAX_LINE
     idle_timeout: float = 1860.0
     grace_period: float = 30.0
     max_sessions: int = 10000

@@ -23,7 +23,6 @@ Behaviour worth knowing when testing against it:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import grp
 import itertools
@@ -41,6 +40,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from imapproxy.wire.grammar import encode_mutf7
 
 __all__ = ["Dovecot", "DovecotError", "TLSFiles", "dovecot_binary"]
 
@@ -107,28 +108,6 @@ def _terminate_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10.0)
-
-
-def _imap_utf7(name: str) -> str:
-    """RFC 3501 modified UTF-7, the on-disk and on-wire form of non-ASCII mailbox names."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            b64 = base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",")
-            out.append(f"&{b64}-")
-            pending.clear()
-
-    for ch in name:
-        if 0x20 <= ord(ch) <= 0x7E:
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            pending.append(ch)
-    flush()
-    return "".join(out)
 
 
 class Dovecot:
@@ -397,7 +376,8 @@ class Dovecot:
         parts = folder.split("/")
         if any(not p or "." in p or p.startswith("~") for p in parts):
             raise ValueError(f"unsupported folder name {folder!r} (no '.', empty parts or '~')")
-        encoded = [_imap_utf7(p) for p in parts]
+        # modified UTF-7: the on-disk and on-wire form of non-ASCII mailbox names
+        encoded = [encode_mutf7(p).decode("ascii") for p in parts]
         box = root / ("." + ".".join(encoded))
         if not box.is_dir():
             for sub in ("cur", "new", "tmp"):

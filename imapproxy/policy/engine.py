@@ -51,7 +51,6 @@ hands the learned delimiter to the new one.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -67,7 +66,9 @@ from imapproxy.policy.trees import (
     mapping_conflict,
     tree_scope,
 )
+from imapproxy.wire import grammar
 from imapproxy.wire.commands import KNOWN_COMMANDS
+from imapproxy.wire.sasl import login_user_of
 from imapproxy.wire.tokens import (
     ParsedCommand,
     Token,
@@ -119,15 +120,12 @@ SELECTED_COMMANDS = frozenset(
 )
 # Untagged responses carrying a mailbox name, and where: LIST-like ones after flags and
 # delimiter, the others first.
-_LIST_RESPONSES = frozenset({b"LIST", b"LSUB", b"XLIST"})
-_NAME_FIRST_RESPONSES = frozenset(
-    {b"STATUS", b"MYRIGHTS", b"ACL", b"LISTRIGHTS", b"METADATA", b"QUOTAROOT"}
-)
+_LIST_RESPONSES = frozenset(word.encode() for word in grammar.LIST_RESPONSES)
+_NAME_FIRST_RESPONSES = frozenset(word.encode() for word in grammar.NAME_FIRST_RESPONSES)
 _RESERVED_MESSAGE = "Mailbox name is reserved by policy"
 _UNPARSABLE_MESSAGE = "Command arguments could not be checked against policy"
-_TRAILING_LITERAL = re.compile(rb"~?\{\d+\+?\}\r?\n\Z")
-_LITERAL_HEADER = re.compile(rb"(~?)\{\d+(\+?)\}")
-_LIST_ATOM = re.compile(rb'[^\x00-\x20(){"\\\x7f-\xff]+\Z')  # list-char: atom + % * ]
+_TRAILING_LITERAL = grammar.LITERAL_AT_END_RE
+_LITERAL_HEADER = grammar.LITERAL_HEAD_RE
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +330,7 @@ class Policy:
 
         user = facts.user
         if command == "LOGIN" and cands.needs_args:
-            login_user = _login_user(args)
+            login_user = login_user_of(args)
             if login_user is not None:
                 user = login_user
             elif user is None and cands.strict_user:
@@ -551,12 +549,6 @@ def _as_examine(raw: bytes) -> bytes:
     return raw[: space + 1] + b"EXAMINE" + raw[space + 7 :]
 
 
-def _login_user(parsed: ParsedCommand | None) -> str | None:
-    if parsed is None or not parsed.args or parsed.args[0].kind is TokenKind.LIST:
-        return None
-    return parsed.args[0].value.decode("utf-8", "replace")
-
-
 def _mailbox_tokens(command: str, parsed: ParsedCommand) -> list[Token] | None:
     """The mailbox-name tokens of a command, or None if they are missing or malformed."""
     positions = MAILBOX_ARGS[command]
@@ -604,19 +596,19 @@ def _encode_like(raw: bytes, token: Token, value: bytes, list_pattern: bool) -> 
     """
     if token.kind is TokenKind.LITERAL:
         header = _LITERAL_HEADER.match(raw, token.start)
-        tilde, plus = (header.group(1), header.group(2)) if header else (b"", b"")
+        tilde, plus = (header.group(1), header.group(3)) if header else (b"", b"")
         return b"%s{%d%s}\r\n%s" % (tilde, len(value), plus, value)
     # "[" is a valid atom char, but in an atom it reads like a BODY[...] section to many
     # parsers (ours included): such names are quoted.
     if token.kind is TokenKind.ATOM and value and b"[" not in value:
-        if list_pattern and _LIST_ATOM.match(value):
+        if list_pattern and grammar.is_list_mailbox_atom(value):
             return value
         if encode_astring(value) == value:
             return value
     if any(b in value for b in b"\r\n\x00"):
         return b"{%d}\r\n%s" % (len(value), value)
     # 8-bit bytes only occur in UTF8=ACCEPT names, which quoted strings may carry (RFC 6855).
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return grammar.quote(value)
 
 
 def _decoded_selected(selected: str, delimiter: bytes | None) -> str:

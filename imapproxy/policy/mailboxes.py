@@ -1,4 +1,4 @@
-"""Mailbox names: modified UTF-7 (RFC 3501 5.1.3) and the rewrite_mailbox mapping table.
+"""Mailbox names: decoding for globs and the rewrite_mailbox mapping table.
 
 Names travel as wire bytes: modified UTF-7, or UTF-8 once the client enabled UTF8=ACCEPT
 (RFC 6855). Mapping works on those bytes prefix-wise, so the part of a name after a mapped
@@ -17,10 +17,11 @@ LIST/LSUB/STATUS. That keeps client->upstream->client the identity and hides the
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+# Modified UTF-7 is grammar (wire/grammar.py); re-exported here for the policy's users.
+from imapproxy.wire.grammar import decode_mutf7, encode_mutf7
 
 __all__ = [
     "MailboxMap",
@@ -30,60 +31,6 @@ __all__ = [
     "encode_mailbox",
     "encode_mutf7",
 ]
-
-_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
-
-
-def encode_mutf7(name: str) -> bytes:
-    """Encode a mailbox name in modified UTF-7; ValueError for lone surrogates."""
-    out = bytearray()
-    run: list[str] = []
-
-    def flush() -> None:
-        if run:
-            utf16 = "".join(run).encode("utf-16-be")
-            out.extend(b"&" + base64.b64encode(utf16).rstrip(b"=").replace(b"/", b",") + b"-")
-            run.clear()
-
-    for ch in name:
-        if "\x20" <= ch <= "\x7e":
-            flush()
-            out.extend(b"&-" if ch == "&" else ch.encode("ascii"))
-        else:
-            run.append(ch)
-    flush()
-    return bytes(out)
-
-
-def decode_mutf7(wire: bytes) -> str:
-    """Decode modified UTF-7 strictly; ValueError when ``wire`` is not valid mUTF-7."""
-    out: list[str] = []
-    i, n = 0, len(wire)
-    while i < n:
-        byte = wire[i]
-        if byte == 0x26:  # '&'
-            end = wire.find(b"-", i + 1)
-            if end < 0:
-                raise ValueError("unterminated '&' sequence")
-            chunk = wire[i + 1 : end]
-            if not chunk:
-                out.append("&")
-            else:
-                if not _B64_CHARS.issuperset(chunk):
-                    raise ValueError("invalid character in '&' sequence")
-                padded = chunk.replace(b",", b"/") + b"=" * (-len(chunk) % 4)
-                try:
-                    utf16 = base64.b64decode(padded, validate=True)
-                    out.append(utf16.decode("utf-16-be"))
-                except (binascii.Error, UnicodeDecodeError):
-                    raise ValueError("invalid base64 or UTF-16 in '&' sequence") from None
-            i = end + 1
-        elif 0x20 <= byte <= 0x7E:
-            out.append(chr(byte))
-            i += 1
-        else:
-            raise ValueError(f"byte 0x{byte:02x} not allowed in modified UTF-7")
-    return "".join(out)
 
 
 def encode_mailbox(name: str, utf8: bool) -> bytes:

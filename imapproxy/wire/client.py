@@ -59,8 +59,8 @@ State transitions (``line`` = a complete line; ``lit`` = it announces a literal)
 from __future__ import annotations
 
 import enum
-import re
 
+from . import grammar
 from .errors import ProtocolError
 from .events import (
     CLOSED,
@@ -77,12 +77,11 @@ from .events import (
 )
 from .framing import Framer, literal_at_end
 
-DEFAULT_MAX_LINE = 64 * 1024
+DEFAULT_MAX_LINE = grammar.DEFAULT_MAX_LINE
 
-# tag = 1*<ASTRING-CHAR except "+">; command names are atoms.
-_HEAD = re.compile(rb'([^\x00-\x20(){%*"\\+\x7f-\xff]+) ([A-Za-z][A-Za-z0-9._-]*)(?=[ \r\n]|\Z)')
-_NAME = re.compile(rb"([A-Za-z][A-Za-z0-9._-]*)(?=[ \r\n]|\Z)")
-_TAG_ONLY = re.compile(rb'[^\x00-\x20(){%*"\\+\x7f-\xff]+')
+_HEAD = grammar.COMMAND_HEAD_RE  # tag SP command-name
+_NAME = grammar.COMMAND_NAME_RE  # the UID sub-command
+_TAG_ONLY = grammar.TAG_RE
 
 # What a command that waits for the server turns into on a continuation request.
 _WAITING_COMMANDS = {
@@ -109,14 +108,14 @@ _NO_ARGUMENTS = frozenset(
         "UNSELECT",
     }
 )
-_QUOTED = re.compile(rb'"(?:[^"\\\r\n]|\\.)*"')
-_LITERAL_START = re.compile(rb"~?\{\d+\+?\}\r?\n\Z")
+_QUOTED = grammar.QUOTED_RE
+_LITERAL_START = grammar.LITERAL_AT_END_RE
 
 
 def _literal_well_placed(line: bytes, args_start: int) -> bool:
     """Whether the literal announced at the end of ``line`` starts an argument: it follows a
     space or "(" and no quoted string is left open before it."""
-    m = _LITERAL_START.search(line, max(args_start, len(line) - 32))
+    m = _LITERAL_START.search(line, max(args_start, len(line) - grammar.LITERAL_TAIL))
     if m is None:
         return False
     start = m.start()

@@ -15,29 +15,34 @@ end and any literal announcement whole); without it, it is a fatal ``LineTooLong
 
 from __future__ import annotations
 
-import re
-
+from . import grammar
 from .errors import ProtocolError
 from .events import LiteralData, LiteralHeader
 
-# The largest literal announcement: "~{" + 19 digits + "+}\r\n" is 25 bytes. Over-long lines
-# are cut into pieces that keep this much back, so an announcement is never split.
-_TAIL_KEEP = 32
-_COMPACT_AT = 1 << 16
-_MAX_LITERAL = (1 << 63) - 1  # RFC 9051 number64
-_LITERAL_END = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n\Z")
+# Over-long lines are cut into pieces that keep the longest literal announcement back, so an
+# announcement is never split.
+_TAIL_KEEP = grammar.LITERAL_TAIL
+_COMPACT_AT = 1 << 16  # buffer compaction threshold (not a line limit)
+_LITERAL_END = grammar.LITERAL_AT_END_RE
 
 
 def literal_at_end(line: bytes) -> LiteralHeader | None:
-    """The literal a line announces at its end, if any."""
+    """The literal a line announces at its end, if any (grammar: literal, literal8).
+
+    A size beyond number64, or with more digits than the grammar reads, is a fatal
+    ``ProtocolError``: a server might read a literal there, so the proxy must not read
+    "no literal".
+    """
     if not (line.endswith(b"}\r\n") or line.endswith(b"}\n")):
         return None
     m = _LITERAL_END.search(line, max(0, len(line) - _TAIL_KEEP))
     if m is None:
+        if grammar.overlong_literal(line):
+            raise ProtocolError("literal size out of range", fatal=True)
         return None
-    size = int(m.group(2))
-    if size > _MAX_LITERAL:
-        raise ProtocolError(f"literal size {size} out of range", fatal=True)
+    size = grammar.literal_size(m.group(2))
+    if size is None:
+        raise ProtocolError(f"literal size {int(m.group(2))} out of range", fatal=True)
     return LiteralHeader(size=size, sync=m.group(3) != b"+", binary=m.group(1) == b"~")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from imapproxy.wire.tokens import TokenError, parse_command
+from imapproxy.wire.tokens import ParsedCommand, TokenError, parse_command
 
 # Mechanisms whose first client response names the user.
 SASL_MECHANISMS = frozenset({"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"})
@@ -17,12 +17,16 @@ SASL_MECHANISMS = frozenset({"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"})
 def login_user(raw_command: bytes) -> str | None:
     """The user of a complete ``LOGIN user password`` command (literals inline)."""
     try:
-        args = parse_command(raw_command).args
+        return login_user_of(parse_command(raw_command))
     except TokenError:
         return None
-    if not args:
+
+
+def login_user_of(parsed: ParsedCommand | None) -> str | None:
+    """The user of a parsed LOGIN command: its first argument when an astring."""
+    if parsed is None or not parsed.args:
         return None
-    value = args[0].astring()
+    value = parsed.args[0].astring()
     return None if value is None else value.decode("utf-8", "replace")
 
 

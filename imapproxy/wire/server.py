@@ -19,8 +19,8 @@ is never split across pieces.
 from __future__ import annotations
 
 import enum
-import re
 
+from . import grammar
 from .errors import ProtocolError
 from .events import (
     CLOSED,
@@ -34,10 +34,9 @@ from .events import (
 )
 from .framing import Framer, literal_at_end
 
-DEFAULT_MAX_LINE = 64 * 1024
+DEFAULT_MAX_LINE = grammar.DEFAULT_MAX_LINE
 
-# "* 12 FETCH", "* OK", "a1 NO": the tag, an optional message number, then the word.
-_HEAD = re.compile(rb"([^ \r\n]+) (?:\d+ )?([A-Za-z][A-Za-z0-9._=-]*)")
+_HEAD = grammar.RESPONSE_HEAD_RE
 
 
 class _State(enum.Enum):

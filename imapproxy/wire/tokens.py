@@ -12,6 +12,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from . import grammar
 from .commands import UID_SUBCOMMANDS
 
 
@@ -47,15 +48,14 @@ class ParsedCommand:
 
 
 # An atom run stops at space, parentheses, quotes, brackets (sections are handled apart) and
-# line ends. "\" is allowed so flags such as \Seen tokenise as atoms, as servers treat them.
+# line ends: laxer than grammar.ATOM on purpose, so the policy reads what servers accept.
+# "\" is allowed so flags such as \Seen tokenise as atoms, as servers treat them; 8-bit
+# bytes so UTF8=ACCEPT names do.
 _ATOM_RUN = re.compile(rb'[^ ()"\[\r\n]+')
-_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
-_UNESCAPE = re.compile(rb"\\(.)")
-_LITERAL = re.compile(rb"(~?)\{(\d{1,19})(\+?)\}\r?\n")
+_QUOTED = grammar.QUOTED_RE
+_LITERAL = grammar.LITERAL_ANNOUNCEMENT_RE
 # Fetch attributes whose "[...]" section may contain spaces and lists (RFC 9051 fetch-att).
 _SECTION_ATOMS = frozenset({b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
-_ATOM_CHARS = re.compile(rb'[^\x00-\x20(){%*"\\\x7f-\xff]+\Z')
-_QUOTABLE = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*\Z")
 
 
 def tokenize(data: bytes, pos: int = 0, end: int | None = None) -> list[Token]:
@@ -92,13 +92,15 @@ def tokenize(data: bytes, pos: int = 0, end: int | None = None) -> list[Token]:
             m = _QUOTED.match(data, pos, stop)
             if m is None:
                 raise TokenError(f"unterminated quoted string at offset {pos}")
-            members.append(Token(TokenKind.QUOTED, _UNESCAPE.sub(rb"\1", m.group(1)), pos, m.end()))
+            members.append(Token(TokenKind.QUOTED, grammar.unquote(m.group(1)), pos, m.end()))
             pos = m.end()
         elif c == 0x7B or (c == 0x7E and data[pos + 1 : pos + 2] == b"{"):  # { or ~{
             m = _LITERAL.match(data, pos, stop)
             if m is None:
                 raise TokenError(f"malformed literal at offset {pos}")
-            size = int(m.group(2))
+            size = grammar.literal_size(m.group(2))
+            if size is None:
+                raise TokenError(f"literal size out of range at offset {pos}")
             content_end = m.end() + size
             if content_end > stop:
                 raise TokenError(f"literal of {size} bytes runs past the data at offset {pos}")
@@ -148,37 +150,31 @@ def _section_end(data: bytes, pos: int, stop: int) -> int:
 
 
 def parse_command(raw: bytes) -> ParsedCommand:
-    """Split a whole command (tag, name, arguments with literals inline)."""
-    sp = raw.find(b" ")
-    if sp <= 0:
-        raise TokenError("missing tag or command name")
-    tag = raw[:sp]
-    pos = sp + 1
-    name_end = _name_end(raw, pos)
-    name = raw[pos:name_end].decode("ascii", "replace").upper()
-    pos = name_end
+    """Split a whole command (tag, name, arguments with literals inline).
+
+    The head is read by the grammar the client parser reads it with (``tag SP name``, then
+    a UID sub-command), so both agree on every command's tag and name.
+    """
+    m = grammar.COMMAND_HEAD_RE.match(raw)
+    if m is None:
+        raise TokenError("missing or malformed tag or command name")
+    tag = m.group(1)
+    name = m.group(2).decode("ascii").upper()
+    pos = m.end()
     if name == "UID":
-        sub_start = pos + 1
-        sub_end = _name_end(raw, sub_start)
-        sub = raw[sub_start:sub_end].decode("ascii", "replace").upper()
-        if sub not in UID_SUBCOMMANDS:
-            raise TokenError(f"unknown UID command {sub!r}")
-        name = f"UID {sub}"
-        pos = sub_end
-    if not name:
-        raise TokenError("missing command name")
+        sub = grammar.COMMAND_NAME_RE.match(raw, pos + 1) if raw[pos : pos + 1] == b" " else None
+        sub_name = sub.group(1).decode("ascii").upper() if sub is not None else ""
+        if sub is None or sub_name not in UID_SUBCOMMANDS:
+            raise TokenError(f"unknown UID command {sub_name!r}")
+        name = f"UID {sub_name}"
+        pos = sub.end()
     return ParsedCommand(tag, name, tokenize(raw, pos))
-
-
-def _name_end(raw: bytes, pos: int) -> int:
-    m = _ATOM_RUN.match(raw, pos)
-    return pos if m is None else m.end()
 
 
 def encode_astring(value: bytes) -> bytes:
     """Encode a string the cheapest valid way: atom, else quoted, else a synchronising literal."""
-    if value and _ATOM_CHARS.match(value):
+    if value and grammar.is_astring_atom(value):
         return value
-    if _QUOTABLE.match(value):
-        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if grammar.quotable(value):
+        return grammar.quote(value)
     return b"{%d}\r\n" % len(value) + value
