@@ -17,6 +17,7 @@ server's answers to every command forwarded before them.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from imapproxy.policy.mailboxes import decode_mailbox
@@ -31,7 +32,7 @@ from imapproxy.session.output import (
     RuleHit,
 )
 from imapproxy.session.settings import PolicyLike, VerdictLike
-from imapproxy.wire import Command, CommandPart, LiteralHeader, ProtocolError
+from imapproxy.wire import Command, CommandPart, LiteralHeader, ProtocolError, grammar
 from imapproxy.wire.framing import literal_at_end
 from imapproxy.wire.literals import as_sync, split_at_literals
 from imapproxy.wire.sasl import login_user
@@ -352,4 +353,8 @@ def block_answer(notes: list[Note], cmd: InFlightCommand, block: tuple[str, str]
 
 
 def _is_atom(text: str) -> bool:
-    return bool(text) and all(c.isalnum() or c in "-_." for c in text)
+    """A rule name that can stand as the response code itself (an ASCII atom)."""
+    return text.isascii() and _ATOM_RE.fullmatch(text.encode()) is not None
+
+
+_ATOM_RE = re.compile(grammar.ATOM)

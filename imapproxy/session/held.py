@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 
 from imapproxy.wire import LiteralHeader
-from imapproxy.wire.literals import TRAILING_LITERAL
+from imapproxy.wire.grammar import SPACED_LITERAL_AT_END_RE
 from imapproxy.wire.tokens import TokenError, parse_command
 
 
@@ -56,7 +56,7 @@ class HeldCommand:
         the verdict need not wait for it."""
         if name != "APPEND":
             return False
-        head = TRAILING_LITERAL.sub(b"", b"".join(self.parts))  # the message's announcement
+        head = SPACED_LITERAL_AT_END_RE.sub(b"", b"".join(self.parts))  # the message's announcement
         try:
             return len(parse_command(head + b"\r\n").args) >= 1
         except TokenError:

@@ -22,14 +22,11 @@ from imapproxy.session.commands import LOGINS
 from imapproxy.session.inflight import InFlightCommand
 from imapproxy.session.output import ResponseLogged
 from imapproxy.wire import LiteralData, Response, ResponseKind, ResponsePart
+from imapproxy.wire.grammar import MAILBOX_RESPONSES  # rewritten upstream->client by rules
 
 if TYPE_CHECKING:
     from imapproxy.session.core import Session
 
-# Untagged responses that name mailboxes, rewritten upstream->client by rewrite rules.
-MAILBOX_RESPONSES = frozenset(
-    {"LIST", "LSUB", "STATUS", "XLIST", "MYRIGHTS", "ACL", "LISTRIGHTS", "QUOTAROOT", "METADATA"}
-)
 # Untagged status responses: their text may quote upstream names (policy.rewrite_status_text).
 _STATUS_WORDS = frozenset({"OK", "NO", "BAD", "BYE"})
 _DESELECTING = frozenset({"CLOSE", "UNSELECT"})

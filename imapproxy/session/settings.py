@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from imapproxy.wire.grammar import DEFAULT_MAX_LINE
+
 
 # --- the policy seam (implemented by imapproxy.policy.Policy) --------------------------
 class VerdictLike(Protocol):
@@ -46,7 +48,7 @@ _LOOPBACK = ipaddress.ip_address("127.0.0.1")
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
     client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = _LOOPBACK
-    max_line: int = 64 * 1024
+    max_line: int = DEFAULT_MAX_LINE
     offer_starttls: bool = False  # the proxy performs STARTTLS with clients itself
     require_tls: bool = False  # refuse LOGIN/AUTHENTICATE until the client leg is TLS
     client_tls_active: bool = False  # the client connected over implicit TLS
