@@ -448,7 +448,15 @@ class Lab:
             argv += [str(script), str(self.workdir / f"{slug}.pstats")]
         else:
             argv += ["-m", "imapproxy"]
+        # Every benchmark session comes from 127.0.0.1 as one user: the per-address and
+        # per-user abuse limits would turn most of them away.
+        config = self.workdir / f"{slug}.yaml"
+        config.write_text("limits: {max_sessions_per_ip: 0, max_sessions_per_user: 0}\n")
         argv += [
+            "--config",
+            str(config),
+            "--control",
+            "off",
             "--upstream",
             f"{up[0]}:{up[1]}",
             "--listen",
