@@ -523,3 +523,47 @@ def test_policy_source_wins_over_a_static_policy() -> None:
     pb.s(b"* OK ready\r\n")
     assert up(pb.c(b"a NOOP\r\n")) == b"a NOOP\r\n"
     assert static.decisions == []
+
+
+# --- what the client is told about its own protocol errors --------------------------------------
+@pytest.mark.parametrize(
+    ("data", "answer", "closes"),
+    [
+        (b"(x\r\n", b"* BAD malformed command line\r\n", False),
+        (b"t (x\r\n", b"t BAD malformed command line\r\n", False),
+        (b"a UID 1:*\r\n", b"a BAD UID needs a command\r\n", False),
+        (b"a NOOP {3}\r\n", b"a BAD literal not allowed here\r\n", False),
+        (b"a SELECT x{3}\r\n", b"a BAD literal not allowed here\r\n", False),
+        (b"a LOGIN " + b"x" * 1100 + b"\r\n", b"* BYE line longer than 1024 bytes\r\n", True),
+    ],
+)
+def test_protocol_error_texts(data: bytes, answer: bytes, closes: bool) -> None:
+    pb = greeted(max_line=1024)
+    out = pb.c(data)
+    assert down(out) == answer and up(out) == b""
+    assert (out.close is not None) is closes
+    if not closes:
+        assert up(pb.c(b"z NOOP\r\n")) == b"z NOOP\r\n"
+
+
+def test_client_eof_in_the_middle_of_a_command() -> None:
+    pb = greeted()
+    pb.c(b"a NOO")
+    out = pb.c(b"")
+    assert down(out) == b"* BYE connection closed in the middle of a command\r\n"
+    assert out.close == "client protocol error: connection closed in the middle of a command"
+    assert up(out) == b""
+
+
+def test_pipelined_after_starttls_text() -> None:
+    pb = greeted(offer_starttls=True)
+    out = pb.c(b"a STARTTLS\r\nb NOOP\r\n")
+    assert down(out) == b"* BYE data pipelined after STARTTLS\r\n"
+    assert out.close == "client protocol error: data pipelined after STARTTLS"
+
+
+def test_upstream_protocol_error_text() -> None:
+    pb = greeted()
+    out = pb.s(b"* 1 FETCH (BODY[] {99999999999999999999}\r\n")
+    assert down(out) == b"* BYE [UNAVAILABLE] Mail server protocol error\r\n"
+    assert out.close is not None and out.close.startswith("upstream protocol error: ")

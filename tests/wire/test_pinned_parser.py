@@ -8,6 +8,8 @@ corners and the default line caps.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from imapproxy.wire import (
@@ -29,6 +31,8 @@ from imapproxy.wire import (
 from imapproxy.wire import client as client_module
 from imapproxy.wire import server as server_module
 from imapproxy.wire.framing import LineTooLong
+from imapproxy.wire.literals import as_sync, split_at_literals
+from imapproxy.wire.sasl import sasl_user
 from imapproxy.wire.tokens import (
     Token,
     TokenError,
@@ -412,3 +416,82 @@ def test_parse_command_names(raw: bytes, name: str) -> None:
 def test_parse_command_refuses_missing_parts(raw: bytes) -> None:
     with pytest.raises(TokenError):
         parse_command(raw)
+
+
+def test_carriage_return_inside_a_section_ends_it() -> None:
+    with pytest.raises(TokenError):
+        tokenize(b"BODY[x\ry] FLAGS")
+
+
+# --- framing ------------------------------------------------------------------------------------
+def test_literal_payload_bytes_are_handed_out_as_they_arrive() -> None:
+    parser = ServerParser()
+    feed(parser, b"* 1 FETCH (BODY[] {3}\r\n")
+    for i, byte in enumerate(b"abc"):
+        events, state = feed(parser, bytes([byte]))
+        assert events == [LiteralData(bytes([byte]), i == 2)] and state is NEED_DATA
+
+
+def test_a_read_that_is_all_payload_is_forwarded_without_a_copy() -> None:
+    parser = ServerParser()
+    feed(parser, b"* 1 FETCH (BODY[] {10}\r\n")
+    payload = b"0123456789"
+    parser.receive_data(payload)
+    data = parser.next_event()
+    assert isinstance(data, LiteralData) and data.data is payload and data.last
+
+
+def test_split_at_literals_cuts_after_each_announcement() -> None:
+    raw = b"a LOGIN {3}\r\nbob {2+}\r\npw\r\n"
+    assert split_at_literals(raw, confirm=False) == [b"a LOGIN {3}\r\n", b"bob {2+}\r\npw\r\n"]
+    assert split_at_literals(raw, confirm=True) == [
+        b"a LOGIN {3}\r\n",
+        b"bob {2}\r\n",
+        b"pw\r\n",
+    ]
+    # Bytes after the last line end (a live literal's payload so far) stay in the last segment.
+    assert split_at_literals(b"a X {3}\r\nab", confirm=False) == [b"a X {3}\r\n", b"ab"]
+    assert split_at_literals(b"a X {0}\r\n\r\n", confirm=False) == [b"a X {0}\r\n", b"\r\n"]
+    assert as_sync(b"a X {3+}\r\n") == b"a X {3}\r\n"
+    assert as_sync(b"a X {3+}\n") == b"a X {3}\n"
+    assert as_sync(b"a X {3}\r\n") == b"a X {3}\r\n"
+
+
+# --- error texts (they reach the client in BAD and BYE lines) -----------------------------------
+def test_protocol_error_carries_its_reason() -> None:
+    err = ProtocolError("some reason", fatal=True, tag=b"t")
+    assert (str(err), err.reason, err.fatal, err.tag) == ("some reason", "some reason", True, b"t")
+    assert ProtocolError("x", fatal=False).tag is None
+
+
+def test_uid_without_a_subcommand() -> None:
+    err = refused(ClientParser(), b"a UID 1:*\r\n")
+    assert (err.reason, err.fatal, err.tag) == ("UID needs a command", False, b"a")
+
+
+def test_pipelined_after_starttls_reason() -> None:
+    parser = ClientParser()
+    feed(parser, b"a STARTTLS\r\nb NOOP\r\n")
+    with pytest.raises(ProtocolError, match=r"\Adata pipelined after STARTTLS\Z"):
+        parser.start_tls()
+    server = ServerParser()
+    server.receive_data(b"s OK go\r\nx")
+    server.next_event()
+    with pytest.raises(
+        ProtocolError, match=r"\Adata pipelined after the server's STARTTLS answer\Z"
+    ):
+        server.start_tls()
+
+
+# --- SASL user names ----------------------------------------------------------------------------
+def test_sasl_response_that_is_not_strict_base64_names_nobody() -> None:
+    assert sasl_user("LOGIN", b"Ym9i\r\n") == "bob"
+    assert sasl_user("LOGIN", b"Ym9i!") is None  # lenient decoding would read "bob"
+    assert sasl_user("LOGIN", b"Ym 9i") is None
+
+
+def test_oauthbearer_user_only_from_the_gs2_header() -> None:
+    good = base64.b64encode(b"n,a=bob,\x01host=x\x01auth=Bearer t\x01\x01")
+    assert sasl_user("OAUTHBEARER", good) == "bob"
+    sneaky = base64.b64encode(b"n,,\x01auth=Bearer t,a=mallory\x01\x01")
+    assert sasl_user("OAUTHBEARER", sneaky) is None
