@@ -567,3 +567,96 @@ def test_upstream_protocol_error_text() -> None:
     out = pb.s(b"* 1 FETCH (BODY[] {99999999999999999999}\r\n")
     assert down(out) == b"* BYE [UNAVAILABLE] Mail server protocol error\r\n"
     assert out.close is not None and out.close.startswith("upstream protocol error: ")
+
+
+# --- held commands: more corners ----------------------------------------------------------------
+def test_held_append_with_the_mailbox_as_a_literal_waits_for_the_message() -> None:
+    policy = FakePolicy(needs=frozenset({"APPEND"}))
+    pb = policy_playbook(policy)
+    # The mailbox comes as a literal: the proxy holds it (its own "+") and decides once the
+    # message's announcement shows, on the command up to it.
+    assert down(pb.c(b"a APPEND {7}\r\n")) == b"+ Ready for literal data\r\n"
+    assert policy.decisions == []
+    out = pb.c(b"Archive {5}\r\n")
+    assert down(out) == b""
+    assert policy.decisions == [
+        (policy.decisions[0][0], "APPEND", b"a APPEND {7}\r\nArchive {5}\r\n", False)
+    ]
+    assert up(out) == b"a APPEND {7}\r\n"
+    assert up(pb.s(b"+ \r\n")) == b"Archive {5}\r\n"
+    assert down(pb.s(b"+ go\r\n")) == b"+ go\r\n"  # the message's "+" is the client's
+
+
+def test_held_append_whose_head_does_not_parse_stays_held() -> None:
+    policy = FakePolicy(needs=frozenset({"APPEND"}))
+    pb = policy_playbook(policy)
+    out = pb.c(b"a APPEND (Archive {5}\r\n")
+    assert down(out) == b"+ Ready for literal data\r\n" and up(out) == b""
+    pb.c(b"hello\r\n")
+    assert policy.decisions[-1][2:] == (b"a APPEND (Archive {5}\r\nhello\r\n", True)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["forwarded", "held"])
+def test_holding_a_command_does_not_change_what_is_observed(held: bool) -> None:
+    policy = FakePolicy(needs=frozenset({"DELETE", "SELECT"}) if held else frozenset())
+    pb = policy_playbook(policy)
+    pb.c(b"a SELECT Work\r\n")
+    pb.s(b"a OK\r\n")
+    pb.c(b"b DELETE Trash\r\n")
+    pb.s(b"b OK\r\n")
+    assert [(n.tag, n.command, n.mailbox, n.bytes_in) for n in pb.of(CommandDone)] == [
+        ("a", "SELECT", "Work", 15),
+        ("b", "DELETE", "Work", 16),  # the selected mailbox, not DELETE's argument
+    ]
+    assert pb.session.selected == "Work"
+
+
+def test_held_command_without_literals_queued_behind_a_dance() -> None:
+    pb = policy_playbook(FakePolicy(needs=frozenset({"SELECT"})))
+    pb.c(b"a SELECT {5}\r\nINBOX\r\nb SELECT Sent\r\nc NOOP\r\n")
+    assert pb.up == b"a SELECT {5}\r\n"
+    out = pb.s(b"+ go\r\n")
+    assert up(out) == b"INBOX\r\nb SELECT Sent\r\nc NOOP\r\n"
+    assert up(pb.c(b"d NOOP\r\n")) == b"d NOOP\r\n"  # nothing is left waiting
+
+
+def test_second_held_command_refused_mid_dance_releases_what_follows() -> None:
+    pb = policy_playbook(FakePolicy(needs=frozenset({"SELECT"})))
+    pb.c(b"a SELECT {5}\r\nINBOX\r\nb SELECT {4}\r\nSent\r\nc NOOP\r\n")
+    assert up(pb.s(b"+ go\r\n")) == b"INBOX\r\nb SELECT {4}\r\n"
+    out = pb.s(b"b NO [LIMIT] not now\r\n")  # b's own dance ends: its literal is never sent
+    assert up(out) == b"c NOOP\r\n" and down(out) == b"b NO [LIMIT] not now\r\n"
+    assert up(pb.c(b"d NOOP\r\n")) == b"d NOOP\r\n"
+
+
+def test_blocked_sasl_login_leaves_nothing_in_flight() -> None:
+    pb = policy_playbook(FakePolicy(decider=no_mallory))
+    pb.c(b"a AUTHENTICATE PLAIN\r\n")
+    pb.s(b"+ \r\n")
+    pb.c(CREDS_MALLORY + b"\r\n")
+    pb.s(b"a BAD Authentication cancelled\r\n")
+    assert pb.session.abandon() == []
+
+
+def test_sasl_user_is_judged_with_the_session_facts() -> None:
+    policy = FakePolicy(decider=no_mallory)
+    pb = policy_playbook(policy)
+    pb.c(b"s SELECT INBOX\r\n")
+    pb.s(b"s OK\r\n")
+    pb.c(b"a AUTHENTICATE PLAIN\r\n")
+    pb.s(b"+ \r\n")
+    pb.c(CREDS_BOB + b"\r\n")
+    ip = ipaddress.ip_address("192.0.2.7")
+    assert policy.decisions[-1] == ((ip, "bob", "INBOX"), "AUTHENTICATE", b"", True)
+
+
+def test_blocked_sasl_login_rule_name_that_is_no_atom() -> None:
+    def decider(facts: object, command: str, raw: bytes, complete: bool) -> Verdict | None:
+        if command == "AUTHENTICATE" and facts[1] == "mallory":  # type: ignore[index]
+            return Verdict(block=("no mallory!", "Go away"), matched=(("no mallory!", "block"),))
+        return None
+
+    pb = policy_playbook(FakePolicy(decider=decider))
+    pb.c(b"a AUTHENTICATE PLAIN\r\n")
+    pb.s(b"+ \r\n")
+    assert down(pb.c(CREDS_MALLORY + b"\r\n")) == b"a NO [POLICY] Go away\r\n"

@@ -32,7 +32,7 @@ from imapproxy.wire import client as client_module
 from imapproxy.wire import server as server_module
 from imapproxy.wire.framing import LineTooLong
 from imapproxy.wire.literals import as_sync, split_at_literals
-from imapproxy.wire.sasl import sasl_user
+from imapproxy.wire.sasl import login_user, sasl_user
 from imapproxy.wire.tokens import (
     Token,
     TokenError,
@@ -452,6 +452,7 @@ def test_split_at_literals_cuts_after_each_announcement() -> None:
     # Bytes after the last line end (a live literal's payload so far) stay in the last segment.
     assert split_at_literals(b"a X {3}\r\nab", confirm=False) == [b"a X {3}\r\n", b"ab"]
     assert split_at_literals(b"a X {0}\r\n\r\n", confirm=False) == [b"a X {0}\r\n", b"\r\n"]
+    assert split_at_literals(b"a X {1}\r\nx tail", confirm=False) == [b"a X {1}\r\n", b"x tail"]
     assert as_sync(b"a X {3+}\r\n") == b"a X {3}\r\n"
     assert as_sync(b"a X {3+}\n") == b"a X {3}\n"
     assert as_sync(b"a X {3}\r\n") == b"a X {3}\r\n"
@@ -495,3 +496,11 @@ def test_oauthbearer_user_only_from_the_gs2_header() -> None:
     assert sasl_user("OAUTHBEARER", good) == "bob"
     sneaky = base64.b64encode(b"n,,\x01auth=Bearer t,a=mallory\x01\x01")
     assert sasl_user("OAUTHBEARER", sneaky) is None
+
+
+def test_user_names_that_are_not_utf8_are_decoded_with_replacement() -> None:
+    assert login_user(b'a LOGIN "b\xe4r" pw\r\n') == "b\ufffdr"
+    assert login_user(b"a LOGIN {3}\r\nb\xe4r pw\r\n") == "b\ufffdr"
+    assert sasl_user("LOGIN", base64.b64encode(b"b\xe4r")) == "b\ufffdr"
+    assert login_user(b"a LOGIN (x) pw\r\n") is None
+    assert login_user(b"a LOGIN\r\n") is None
