@@ -660,3 +660,41 @@ def test_blocked_sasl_login_rule_name_that_is_no_atom() -> None:
     pb.c(b"a AUTHENTICATE PLAIN\r\n")
     pb.s(b"+ \r\n")
     assert down(pb.c(CREDS_MALLORY + b"\r\n")) == b"a NO [POLICY] Go away\r\n"
+
+
+def test_other_answers_do_not_end_the_wait_for_the_sasl_user() -> None:
+    # A pipelined command answered while AUTHENTICATE waits for its first response must not
+    # make the proxy forget that the next SASL line names the user.
+    pb = policy_playbook(FakePolicy(decider=no_mallory))
+    pb.c(b"x NOOP\r\na AUTHENTICATE PLAIN\r\n")
+    pb.s(b"x OK\r\n+ \r\n")
+    out = pb.c(CREDS_MALLORY + b"\r\n")
+    assert up(out) == b"*\r\n" and down(out) == b"a NO [no-mallory] Go away\r\n"
+
+
+def test_eight_bit_mechanism_name_is_forwarded() -> None:
+    pb = greeted()
+    command = b"a AUTHENTICATE PL\xc4IN\r\n"
+    assert up(pb.c(command)) == command
+    pb.s(b"a NO [CANNOT] Unsupported mechanism\r\n")
+    (login,) = pb.of(LoginDone)
+    assert (login.mechanism, login.result) == ("PL\ufffdIN", "failed")
+
+
+def test_login_observed_when_a_later_literal_holds_parentheses() -> None:
+    pb = greeted()
+    pb.c(b"a LOGIN {3}\r\n")
+    pb.s(b"+ \r\n")
+    pb.c(b"bob {4}\r\n")
+    pb.s(b"+ \r\n")
+    pb.c(b"((pw\r\n")
+    pb.s(b"a OK\r\n")
+    assert pb.session.user == "bob"
+
+
+def test_blocked_login_mechanism_and_held_decision_completeness() -> None:
+    policy = FakePolicy(needs=frozenset({"LOGIN"}), decider=no_mallory)
+    pb = policy_playbook(policy)
+    pb.c(b"a LOGIN mallory pw\r\n")
+    assert [(n.mechanism, n.result) for n in pb.of(LoginDone)] == [("LOGIN", "blocked")]
+    assert policy.decisions[-1][2:] == (b"a LOGIN mallory pw\r\n", True)
