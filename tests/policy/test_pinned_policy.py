@@ -360,3 +360,34 @@ def test_first_matching_block_rule_is_blamed_and_later_ones_skipped() -> None:
     assert verdict.matched == (("b", "block"), ("d", "log"))
     verdict = decide(policy, b"x DELETE y\r\n", "DELETE", facts(user="bob"))
     assert verdict.block == ("a", "Blocked by policy rule a")
+
+
+def test_list_with_only_a_reference_still_maps_it() -> None:
+    # Malformed (the server answers BAD), but a client-side name never goes up unmapped.
+    assert rewritten(compile_rules(REWRITE), b"a LIST Archive\r\n", "LIST") == (
+        b"a LIST Old/Archive\r\n"
+    )
+
+
+def test_utf8_list_patterns_are_mapped_in_utf8() -> None:
+    policy = compile_rules(
+        "- {name: drafts, action: rewrite_mailbox, from: 'Entwürfe', to: Drafts}\n"
+    )
+    raw = 'a LIST "" "Entwürfe/*"\r\n'.encode()
+    assert rewritten(policy, raw, "LIST", utf8=True) == b'a LIST "" "Drafts/*"\r\n'
+    assert rewritten(policy, b'a LIST "" Entw&APw-rfe/%\r\n', "LIST") == b'a LIST "" Drafts/%\r\n'
+
+
+def test_delimiter_is_not_learned_from_unmapped_list_replies() -> None:
+    policy = compile_rules(REWRITE)
+    assert policy.rewrite_response(b'* LIST () "." INBOX\r\n') is None
+    assert policy.delimiter == b"/"  # still the assumption: only "" or mapped names teach it
+    assert policy.rewrite_response(b'* LIST () "." Old.Archive\r\n') is None
+    assert policy.rewrite_response(b'* LIST () "/" Old/Archive\r\n') == b'* LIST () "/" Archive\r\n'
+    assert policy.delimiter == b"/"
+
+
+def test_tagged_lines_are_never_rewritten() -> None:
+    policy = compile_rules(REWRITE)
+    assert policy.rewrite_response(b'a LIST () "/" Old/Archive\r\n') is None
+    assert policy.rewrite_response(b"a STATUS Old/Archive (MESSAGES 1)\r\n") is None
