@@ -504,3 +504,34 @@ def test_user_names_that_are_not_utf8_are_decoded_with_replacement() -> None:
     assert sasl_user("LOGIN", base64.b64encode(b"b\xe4r")) == "b\ufffdr"
     assert login_user(b"a LOGIN (x) pw\r\n") is None
     assert login_user(b"a LOGIN\r\n") is None
+
+
+# --- server responses ---------------------------------------------------------------------------
+def test_continuation_and_unknown_lines_are_whole_events() -> None:
+    parser = ServerParser(max_line=64)
+    events, _ = feed(parser, b"+ go ahead\r\n+ {2}\r\nab\r\n?? {1}\r\nx\r\n")
+    assert events == [
+        Response(ResponseKind.CONTINUATION, b"+", "", b"+ go ahead\r\n", None, False),
+        Response(ResponseKind.CONTINUATION, b"+", "", b"+ {2}\r\n", LiteralHeader(2, True, False)),
+        LiteralData(b"ab", True),
+        ResponsePart(b"\r\n", None),
+        Response(ResponseKind.UNKNOWN, b"", "", b"?? {1}\r\n", LiteralHeader(1, True, False)),
+        LiteralData(b"x", True),
+        ResponsePart(b"\r\n", None),
+    ]
+    events, _ = feed(parser, b"+ " + b"x" * 100)
+    assert events[0] == Response(ResponseKind.CONTINUATION, b"+", "", b"+ " + b"x" * 70, None, True)
+    parser = ServerParser(max_line=64)
+    events, _ = feed(parser, b"??" + b"y" * 100)
+    assert events[0] == Response(ResponseKind.UNKNOWN, b"", "", b"??" + b"y" * 70, None, True)
+
+
+def test_server_eof_in_the_middle_of_a_response_reason() -> None:
+    parser = ServerParser()
+    parser.receive_data(b"* 1 FETCH (BODY[] {5}\r\nab")
+    drain(parser)
+    parser.receive_data(b"")
+    with pytest.raises(
+        ProtocolError, match=r"\Aserver closed the connection in the middle of a response\Z"
+    ):
+        parser.next_event()
