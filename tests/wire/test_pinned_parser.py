@@ -520,10 +520,14 @@ def test_continuation_and_unknown_lines_are_whole_events() -> None:
         ResponsePart(b"\r\n", None),
     ]
     events, _ = feed(parser, b"+ " + b"x" * 100)
-    assert events[0] == Response(ResponseKind.CONTINUATION, b"+", "", b"+ " + b"x" * 70, None, True)
+    assert events[0] == Response(
+        ResponseKind.CONTINUATION, b"+", "", (b"+ " + b"x" * 100)[:70], None, True
+    )
     parser = ServerParser(max_line=64)
     events, _ = feed(parser, b"??" + b"y" * 100)
-    assert events[0] == Response(ResponseKind.UNKNOWN, b"", "", b"??" + b"y" * 70, None, True)
+    assert events[0] == Response(
+        ResponseKind.UNKNOWN, b"", "", (b"??" + b"y" * 100)[:70], None, True
+    )
 
 
 def test_server_eof_in_the_middle_of_a_response_reason() -> None:
