@@ -539,3 +539,14 @@ def test_server_eof_in_the_middle_of_a_response_reason() -> None:
         ProtocolError, match=r"\Aserver closed the connection in the middle of a response\Z"
     ):
         parser.next_event()
+
+
+def test_eight_bit_command_names_never_raise_past_token_error() -> None:
+    assert parse_command(b"a N\xc4OP\r\n").name == "N\ufffdOP"
+    with pytest.raises(TokenError):
+        parse_command(b"a UID F\xc4TCH 1\r\n")
+
+
+def test_tokenize_stops_at_the_given_end() -> None:
+    assert tokenize(b"abc def", 0, 2) == [Token(TokenKind.ATOM, b"ab", 0, 2)]
+    assert tokenize(b"x BODY[1] y", 2, 9) == [Token(TokenKind.ATOM, b"BODY[1]", 2, 9)]
