@@ -698,3 +698,31 @@ def test_blocked_login_mechanism_and_held_decision_completeness() -> None:
     pb.c(b"a LOGIN mallory pw\r\n")
     assert [(n.mechanism, n.result) for n in pb.of(LoginDone)] == [("LOGIN", "blocked")]
     assert policy.decisions[-1][2:] == (b"a LOGIN mallory pw\r\n", True)
+
+
+def test_unmapped_mailbox_response_with_a_literal_passes_unchanged() -> None:
+    pb = real_playbook(REWRITE)
+    pb.c(b'a LIST "" *\r\n')
+    data = b'* LIST () "/" {5}\r\nINBOX\r\na OK\r\n'
+    for i in range(0, len(data), 4):
+        pb.s(data[i : i + 4])
+    assert pb.down == data
+
+
+def test_held_mailbox_response_at_exactly_the_cap_is_still_rewritten() -> None:
+    pb = real_playbook(REWRITE, max_line=32)
+    pb.c(b'a LIST "" *\r\n')
+    head = b'* LIST () "/" {11}\r\n'  # 21 bytes + 11 of payload = 32: not over the cap
+    out = pb.s(head + b"Old/Archive\r\na OK\r\n")
+    assert down(out) == b'* LIST () "/" {7}\r\nArchive\r\na OK\r\n'
+
+
+def test_rules_removed_while_a_mailbox_response_is_held() -> None:
+    current: list[Policy | None] = [compile_rules(REWRITE)]
+    pb = Playbook(policy_source=lambda: current[0], facts=SessionFacts)
+    pb.s(b"* OK ready\r\n")
+    pb.c(b'a LIST "" *\r\n')
+    pb.s(b'* LIST () "/" {11}\r\nOld/')
+    current[0] = None  # reloaded without rules mid-response: the rest passes as it is
+    pb.s(b"Archive\r\na OK\r\n")
+    assert pb.down.endswith(b'* LIST () "/" {11}\r\nOld/Archive\r\na OK\r\n')

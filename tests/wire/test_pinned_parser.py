@@ -550,3 +550,17 @@ def test_eight_bit_command_names_never_raise_past_token_error() -> None:
 def test_tokenize_stops_at_the_given_end() -> None:
     assert tokenize(b"abc def", 0, 2) == [Token(TokenKind.ATOM, b"ab", 0, 2)]
     assert tokenize(b"x BODY[1] y", 2, 9) == [Token(TokenKind.ATOM, b"BODY[1]", 2, 9)]
+
+
+def test_only_line_end_bytes_may_follow_a_line_end() -> None:
+    assert tokenize(b"a\r\n") == [Token(TokenKind.ATOM, b"a", 0, 1)]
+    for tail in (b"a\r\n ", b"a\r\nX", b"a\n\t"):
+        with pytest.raises(TokenError):
+            tokenize(tail)
+
+
+def test_list_token_value_is_empty_and_quoted_strings_respect_the_end() -> None:
+    (lst,) = tokenize(b"(a)")
+    assert lst.value == b""
+    with pytest.raises(TokenError):
+        tokenize(b'"ab" x', 0, 3)  # the closing quote lies past the end
