@@ -5,12 +5,14 @@ in flight, and the response code and rule-name rules of the proxy's own answers.
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import itertools
 
 import pytest
 
-from imapproxy.session.core import Session, SessionSettings
-from imapproxy.session.output import CommandDone, Output, ResponseLogged
+from imapproxy.session.core import MAX_CONSECUTIVE_BAD, Session, SessionSettings
+from imapproxy.session.output import CommandDone, Output, ProtocolIssue, ResponseLogged
 from tests.session.test_session import FakePolicy, Playbook, Verdict, down, policy_playbook, up
 
 
@@ -245,3 +247,93 @@ def test_capability_code_in_a_tagged_no_is_filtered() -> None:
     pb.c(b"a LOGIN bob pw\r\n")
     out = pb.s(b"a NO [CAPABILITY IMAP4rev1 STARTTLS COMPRESS=DEFLATE] Try again\r\n")
     assert down(out) == b"a NO [CAPABILITY IMAP4rev1] Try again\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (b"a NO [TRYCREATE] see [RFC 9051]\r\n", "TRYCREATE"),  # the first bracket
+        (b"a NO [\xc4X] odd\r\n", "\ufffdX"),
+    ],
+)
+def test_response_code_is_the_first_bracket_and_never_raises(answer: bytes, code: str) -> None:
+    pb = greeted()
+    pb.c(b"a NOOP\r\n")
+    pb.s(answer)
+    assert pb.of(CommandDone)[0].code == code
+
+
+def test_select_observed_up_to_exactly_the_line_cap() -> None:
+    pb = greeted(max_line=64)
+    name = b"m" * 47
+    pb.c(b"a SELECT {47}\r\n")  # 15 + 47 + 2 = 64 bytes: not over the cap
+    pb.s(b"+ \r\n")
+    pb.c(name + b"\r\n")
+    pb.s(b"a OK\r\n")
+    assert pb.session.selected == name.decode()
+    pb.c(b"b SELECT {48}\r\n")  # 65 bytes: too big to observe
+    pb.s(b"+ \r\n")
+    pb.c(b"n" * 48 + b"\r\n")
+    pb.s(b"b OK\r\n")
+    assert pb.session.selected is None
+
+
+def test_too_many_bad_lines_notes_and_texts() -> None:
+    pb = greeted()
+    out = pb.c(b"(x\r\n" * MAX_CONSECUTIVE_BAD)
+    assert out.notes[0] == ProtocolIssue("client", "malformed command line", False)
+    assert down(out).endswith(
+        b"* BAD malformed command line\r\n* BYE Too many invalid commands\r\n"
+    )
+    assert out.close == "too many invalid commands"
+
+
+def test_failed_select_note_names_the_mailbox_it_tried() -> None:
+    pb = greeted()
+    pb.c(b"a SELECT Missing\r\n")
+    pb.s(b"a NO [NONEXISTENT] Unknown mailbox\r\n")
+    (done,) = pb.of(CommandDone)
+    assert (done.mailbox, pb.session.selected) == ("Missing", None)
+
+
+def test_commands_answered_by_the_proxy_have_no_bytes_out() -> None:
+    pb = policy_playbook(FakePolicy(blocks={"DELETE": ("no-delete", "No")}))
+    pb.c(b"a DELETE x\r\nb NOOP\r\n")
+    (done,) = pb.of(CommandDone)
+    assert (done.tag, done.bytes_in, done.bytes_out) == ("a", 12, 0)
+    (left,) = pb.session.abandon()
+    assert (left.tag, left.bytes_in, left.bytes_out) == ("b", 8, 0)
+
+
+def test_facts_follow_the_user_and_the_selected_mailbox() -> None:
+    policy = FakePolicy()
+    pb = policy_playbook(policy)
+    pb.c(b"a LOGIN bob pw\r\n")
+    pb.s(b"a OK\r\n")
+    pb.c(b"b SELECT INBOX\r\n")
+    pb.s(b"b OK\r\n")
+    pb.c(b"c FETCH 1 FLAGS\r\n")
+    ip = ipaddress.ip_address("192.0.2.7")
+    assert [d[:2] for d in policy.decisions] == [
+        ((ip, "bob", None), "LOGIN"),  # judged by the user it names
+        ((ip, "bob", None), "SELECT"),
+        ((ip, "bob", "INBOX"), "FETCH"),
+    ]
+
+
+def test_login_and_authenticate_facts_keep_the_selected_mailbox() -> None:
+    # Out of order for IMAP (the server refuses them when authenticated), but the verdict is
+    # the proxy's: it must see the state the session is in.
+    policy = FakePolicy()
+    pb = policy_playbook(policy)
+    pb.c(b"s SELECT INBOX\r\n")
+    pb.s(b"s OK\r\n")
+    creds = base64.b64encode(b"\x00carol\x00pw")
+    pb.c(b"a AUTHENTICATE PLAIN " + creds + b"\r\n")
+    pb.s(b"a NO [AUTHENTICATIONFAILED] no\r\n")
+    pb.c(b"b LOGIN dave pw\r\n")
+    ip = ipaddress.ip_address("192.0.2.7")
+    assert [d[:2] for d in policy.decisions[1:]] == [
+        ((ip, "carol", "INBOX"), "AUTHENTICATE"),
+        ((ip, "dave", "INBOX"), "LOGIN"),
+    ]
