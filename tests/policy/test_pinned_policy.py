@@ -391,3 +391,82 @@ def test_tagged_lines_are_never_rewritten() -> None:
     policy = compile_rules(REWRITE)
     assert policy.rewrite_response(b'a LIST () "/" Old/Archive\r\n') is None
     assert policy.rewrite_response(b"a STATUS Old/Archive (MESSAGES 1)\r\n") is None
+
+
+# --- selected mailbox, LOGIN users, GETMETADATA, patterns (mutation run, second pass) -----------
+def test_selected_mailbox_named_like_mutf7_is_decoded_once() -> None:
+    policy = compile_rules("- {name: r, action: block, when: {mailbox: ['&AOQ-']}}\n")
+    # The wire form "&-AOQ-" is the name "&AOQ-" itself, not "ä".
+    assert blocked_by(decide(policy, b"a FETCH 1 FLAGS\r\n", "FETCH", facts(selected="&-AOQ-")))
+    other = compile_rules("- {name: r, action: block, when: {mailbox: ['ä']}}\n")
+    assert decide(other, b"a FETCH 1 FLAGS\r\n", "FETCH", facts(selected="&-AOQ-")) == NOTHING
+
+
+def test_utf8_argument_names_are_not_mutf7_decoded() -> None:
+    policy = compile_rules("- {name: r, action: block, when: {mailbox: ['&AOQ-']}}\n")
+    assert blocked_by(decide(policy, b"a SELECT &AOQ-\r\n", "SELECT", facts(utf8=True))) == "r"
+    assert decide(policy, b"a SELECT &AOQ-\r\n", "SELECT") == NOTHING  # that is "ä"
+
+
+def test_selected_inbox_child_with_the_learned_delimiter() -> None:
+    policy = compile_rules("- {name: r, action: block, when: {mailbox: [INBOX.Team]}}\n")
+    policy.set_delimiter(b".")
+    assert blocked_by(decide(policy, b"a FETCH 1 FLAGS\r\n", "FETCH", facts(selected="inbox.Team")))
+
+
+WHO = "- {name: who, action: block, when: {command: [LOGIN], user: [mallory]}}\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "block"),
+    [
+        (b"a LOGIN mallory (x)\r\n", ("who", "Blocked by policy rule who")),
+        (b"a LOGIN mallory\r\n", ("who", "Blocked by policy rule who")),
+        (b"a LOGIN (mallory) pw\r\n", ("who", UNPARSABLE)),
+        (b"a LOGIN m\xe4llory pw\r\n", None),
+    ],
+)
+def test_login_user_is_the_first_argument(raw: bytes, block: tuple[str, str] | None) -> None:
+    assert decide(compile_rules(WHO), raw, "LOGIN").block == block
+
+
+def test_getmetadata_mailbox_position() -> None:
+    policy = compile_rules("- {name: r, action: block, when: {mailbox: [Secret]}}\n")
+    assert blocked_by(decide(policy, b"a GETMETADATA Secret /private/x\r\n", "GETMETADATA"))
+    verdict = decide(policy, b"a SELECT (x) Secret\r\n", "SELECT")
+    assert verdict.block == ("r", UNPARSABLE)  # options come first for GETMETADATA only
+
+
+def test_client_names_with_list_wildcards_are_quoted_in_responses() -> None:
+    # Rules hold no wildcards, but the rest of an upstream name is copied as it is.
+    policy = compile_rules(REWRITE)
+    assert policy.rewrite_response(b'* LIST () "/" Old/Archive/a%b\r\n') == (
+        b'* LIST () "/" "Archive/a%b"\r\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        (b"Archive*x*", b"Old/Archive*x*"),
+        (b"Archive%x%", b"Old/Archive%x%"),
+        (b"Archive%/*", b"Old/Archive%/*"),
+    ],
+)
+def test_pattern_maps_up_to_its_first_wildcard(pattern: bytes, expected: bytes) -> None:
+    raw = b'a LIST "" ' + pattern + b"\r\n"
+    assert rewritten(compile_rules(REWRITE), raw, "LIST") == b'a LIST "" ' + expected + b"\r\n"
+
+
+def test_lowercase_inbox_pattern() -> None:
+    policy = compile_rules(
+        "- {name: team, action: rewrite_mailbox, from: INBOX/Team, to: Shared/Team}\n"
+    )
+    assert (
+        rewritten(policy, b'a LIST "" inbox/Team/*\r\n', "LIST") == b'a LIST "" Shared/Team/*\r\n'
+    )
+
+
+def test_del_is_not_allowed_in_mutf7() -> None:
+    with pytest.raises(ValueError):
+        decode_mutf7(b"a\x7f")
