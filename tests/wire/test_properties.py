@@ -7,6 +7,7 @@ from the grammar, not from the parsers).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
@@ -28,8 +29,19 @@ from .streams import (
 )
 
 SMALL_LINE = 128  # server parser cap in these tests, so generated lines go past it
-PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Under mutmut (it sets MUTANT_UNDER_TEST) every surviving mutant reruns these; fewer
+# examples keep a mutation run within minutes per module (see CONTRIBUTING.md).
+_EXAMPLES = 0.2 if "MUTANT_UNDER_TEST" in os.environ else 1.0
+PROPS = settings(
+    max_examples=int(100 * _EXAMPLES),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+FUZZ = settings(
+    max_examples=int(150 * _EXAMPLES),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 # --- valid streams: same events for any split ------------------------------------------
