@@ -6,7 +6,7 @@ import base64
 
 from imapproxy.session.output import LoginDone
 
-from .test_session import Recorder as Playbook
+from .test_session import Recorder
 
 GREETING = b"* OK ready\r\n"
 REFUSAL = b"NO [UNAVAILABLE] Too many failed logins, try later"
@@ -22,8 +22,8 @@ class Gate:
         return REFUSAL if user in self.refuse else None
 
 
-def _start(gate: Gate, **settings: object) -> Playbook:
-    pb = Playbook(login_gate=gate, **settings)
+def _start(gate: Gate, **settings: object) -> Recorder:
+    pb = Recorder(login_gate=gate, **settings)
     pb.s(GREETING)
     return pb
 
@@ -71,7 +71,7 @@ def test_authenticate_is_gated_with_the_user_of_its_first_response() -> None:
 
 
 def test_commands_beyond_the_pipelining_bound_are_answered_bad() -> None:
-    pb = Playbook(max_pipelined=3)
+    pb = Recorder(max_pipelined=3)
     pb.s(GREETING)
     pb.c(b"".join(b"t%d NOOP\r\n" % i for i in range(5)))
     assert pb.up == b"t0 NOOP\r\nt1 NOOP\r\nt2 NOOP\r\n"

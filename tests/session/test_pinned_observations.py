@@ -13,11 +13,11 @@ import pytest
 
 from imapproxy.session.core import MAX_CONSECUTIVE_BAD, Session, SessionSettings
 from imapproxy.session.output import CommandDone, Output, ProtocolIssue, ResponseLogged
-from tests.session.test_session import FakePolicy, Playbook, Verdict, down, policy_playbook, up
+from tests.session.test_session import FakePolicy, Recorder, Verdict, down, policy_playbook, up
 
 
-def greeted(**settings: object) -> Playbook:
-    pb = Playbook(**settings)
+def greeted(**settings: object) -> Recorder:
+    pb = Recorder(**settings)
     pb.s(b"* OK ready\r\n")
     return pb
 
@@ -58,7 +58,7 @@ def test_bytes_out_count_literals_and_line_pieces() -> None:
 
 
 def test_greeting_bytes_answer_no_command() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.c(b"a NOOP\r\n")  # sent before the greeting arrived
     pb.s(b"* OK [CAPABILITY IMAP4rev1] ready\r\na OK\r\n")
     (done,) = pb.of(CommandDone)
@@ -153,7 +153,7 @@ def test_failed_select_after_a_successful_one_deselects() -> None:
 
 
 def test_preauth_greeting_keeps_a_known_user_and_logs_nothing_extra() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* PREAUTH ready\r\n")
     assert pb.session.user == "(preauth)"
     pb.c(b"a NOOP\r\n")
@@ -162,7 +162,7 @@ def test_preauth_greeting_keeps_a_known_user_and_logs_nothing_extra() -> None:
 
 
 def test_only_the_first_untagged_line_is_the_greeting() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     pb.s(b"* PREAUTH late\r\n")
     assert pb.session.user is None
@@ -172,7 +172,7 @@ def test_only_the_first_untagged_line_is_the_greeting() -> None:
 
 
 def test_capability_response_code_in_an_untagged_ok_any_case() -> None:
-    pb = Playbook()
+    pb = Recorder()
     pb.s(b"* OK ready\r\n")
     out = pb.s(b"* OK [capability IMAP4rev1 STARTTLS IDLE] now\r\n")
     assert down(out) == b"* OK [capability IMAP4rev1 IDLE] now\r\n"

@@ -1,6 +1,6 @@
 """Session behaviour pinned for mutation testing (issue 8, "Behaviour no test pins").
 
-Each test drives the pure session (``Playbook`` from ``test_session``) and asserts what
+Each test drives the pure session (``Recorder`` from ``test_session``) and asserts what
 reaches each side and what is observed: TLS state, SASL, continuation routing, held
 commands, rewriting through a real compiled policy, logging and policy reload.
 """
@@ -24,7 +24,7 @@ from tests.policy.test_engine import compile_rules
 from tests.session.test_session import (
     PASSWORD,
     FakePolicy,
-    Playbook,
+    Recorder,
     Verdict,
     assert_no_secret,
     down,
@@ -43,8 +43,8 @@ def no_mallory(facts: object, command: str, raw: bytes, complete: bool) -> Verdi
     return None
 
 
-def greeted(**settings: object) -> Playbook:
-    pb = Playbook(**settings)
+def greeted(**settings: object) -> Recorder:
+    pb = Recorder(**settings)
     pb.s(b"* OK ready\r\n")
     pb.down = b""
     return pb
@@ -134,7 +134,7 @@ def test_starttls_and_compress_answers() -> None:
 
 
 def test_tls_active_capabilities_drop_starttls_and_logindisabled() -> None:
-    pb = Playbook(offer_starttls=True, require_tls=True, client_tls_active=True)
+    pb = Recorder(offer_starttls=True, require_tls=True, client_tls_active=True)
     out = pb.s(b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN] hi\r\n")
     assert down(out) == b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n"
     out = pb.c(b"a LOGIN bob pw\r\n")
@@ -142,7 +142,7 @@ def test_tls_active_capabilities_drop_starttls_and_logindisabled() -> None:
 
 
 def test_capabilities_change_after_the_client_tls_handshake() -> None:
-    pb = Playbook(offer_starttls=True, require_tls=True)
+    pb = Recorder(offer_starttls=True, require_tls=True)
     pb.s(b"* OK ready\r\n")
     pb.c(b"s STARTTLS\r\n")
     pb.session.client_tls_started()
@@ -433,9 +433,9 @@ REWRITE = (
 )
 
 
-def real_playbook(rules: str, **settings: object) -> Playbook:
+def real_playbook(rules: str, **settings: object) -> Recorder:
     policy = compile_rules(rules)
-    pb = Playbook(policy=policy, facts=SessionFacts, **settings)
+    pb = Recorder(policy=policy, facts=SessionFacts, **settings)
     pb.s(b"* OK ready\r\n")
     pb.down = b""
     return pb
@@ -504,7 +504,7 @@ def test_log_rule_command_detail_logs_no_responses() -> None:
 # --- policy reload ------------------------------------------------------------------------------
 def test_policy_source_is_consulted_for_every_command() -> None:
     current: list[Policy | None] = [compile_rules("- {name: audit, action: log}\n")]
-    pb = Playbook(policy_source=lambda: current[0], facts=SessionFacts)
+    pb = Recorder(policy_source=lambda: current[0], facts=SessionFacts)
     pb.s(b"* OK ready\r\n")
     assert up(pb.c(b"a DELETE Trash\r\n")) == b"a DELETE Trash\r\n"
     pb.s(b"a OK\r\n")
@@ -519,7 +519,7 @@ def test_policy_source_is_consulted_for_every_command() -> None:
 
 def test_policy_source_wins_over_a_static_policy() -> None:
     static = FakePolicy(blocks={"NOOP": ("static", "static")})
-    pb = Playbook(policy=static, policy_source=lambda: None, facts=SessionFacts)
+    pb = Recorder(policy=static, policy_source=lambda: None, facts=SessionFacts)
     pb.s(b"* OK ready\r\n")
     assert up(pb.c(b"a NOOP\r\n")) == b"a NOOP\r\n"
     assert static.decisions == []
@@ -719,7 +719,7 @@ def test_held_mailbox_response_at_exactly_the_cap_is_still_rewritten() -> None:
 
 def test_rules_removed_while_a_mailbox_response_is_held() -> None:
     current: list[Policy | None] = [compile_rules(REWRITE)]
-    pb = Playbook(policy_source=lambda: current[0], facts=SessionFacts)
+    pb = Recorder(policy_source=lambda: current[0], facts=SessionFacts)
     pb.s(b"* OK ready\r\n")
     pb.c(b'a LIST "" *\r\n')
     pb.s(b'* LIST () "/" {11}\r\nOld/')
