@@ -39,7 +39,7 @@ from imapproxy.telemetry.recorder import Telemetry
 
 if TYPE_CHECKING:
     from imapproxy.telemetry.metrics import (
-        Metrics,  # the only module that imports prometheus_client
+        Metrics,  # it and its helpers are the only prometheus_client importers
     )
 
 log = logging.getLogger("imapproxy")

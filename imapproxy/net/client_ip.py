@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import trio
 
-from imapproxy.net.tls import Negotiation
+from imapproxy.net.upstream_dialogue import Negotiation
 from imapproxy.wire import ResponseKind
 from imapproxy.wire.proxy_protocol import Endpoint, IPAddress, encode_v2
 

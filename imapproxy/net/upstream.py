@@ -12,7 +12,7 @@ import trio
 
 from imapproxy.net.client_ip import ClientOrigin, announce_by_id, proxy_v2_header
 from imapproxy.net.streams import PrefixedStream, UpstreamConnector, UpstreamSetupError
-from imapproxy.net.tls import Greeted, Negotiation, after_greeting, tls_upgrader
+from imapproxy.net.upstream_dialogue import Greeted, Negotiation, after_greeting, tls_upgrader
 
 if TYPE_CHECKING:
     from imapproxy.config.loader import Upstream

@@ -1,7 +1,8 @@
 """Turns session observations into metric updates; a no-op when metrics are disabled.
 
 The session and driver speak in ``actions.Note`` objects; only this adapter knows the
-``Metrics`` API, and only ``metrics.py`` knows prometheus_client.
+``Metrics`` API, and only ``metrics.py`` and the helper modules its docstring lists know
+prometheus_client.
 """
 
 from __future__ import annotations

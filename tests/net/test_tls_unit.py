@@ -22,9 +22,9 @@ from imapproxy.net.tls import (
     accept_handshake,
     client_starttls,
     server_context,
-    starttls_upstream,
     upstream_context,
 )
+from imapproxy.net.upstream_dialogue import starttls_upstream
 from imapproxy.telemetry.recorder import Telemetry
 
 

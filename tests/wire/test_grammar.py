@@ -209,8 +209,8 @@ _COPIES = [
 # Not grammar copies: a file-descriptor limit, the STARTTLS negotiation line cap, and
 # buffer sizes of the control socket, the trace writer and the workers' link.
 _UNRELATED = {
-    ("demo/dovecot.py", 1),
-    ("net/tls.py", 1),
+    ("demo/dovecot_process.py", 1),
+    ("net/upstream_dialogue.py", 1),
     ("inspect/client.py", 1),
     ("inspect/control.py", 1),
     ("inspect/trace.py", 1),
