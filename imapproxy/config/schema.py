@@ -49,6 +49,8 @@ ABSENT: Any = object()
 
 @dataclass(frozen=True, slots=True)
 class Key:
+    """One key of a section: it sets the dataclass field of the same ``name``."""
+
     name: str
     kind: str
     help: str
@@ -61,6 +63,8 @@ class Key:
 
 @dataclass(frozen=True, slots=True)
 class Section:
+    """One mapping of the file and the dataclass (``model``) it builds."""
+
     name: str  # dotted, as messages name it
     model: Callable[..., Any]
     help: str
@@ -177,14 +181,24 @@ CLIENT_TLS = Section(
             required=True,
         ),
         Key("key", "path", "Private key (PEM); must exist.", path(must_exist=True), required=True),
-        Key("require", "bool", "Refuse LOGIN/AUTHENTICATE before STARTTLS.", boolean),
+        Key(
+            "require",
+            "bool",
+            "Refuse LOGIN/AUTHENTICATE until the client has done STARTTLS.",
+            boolean,
+        ),
         Key(
             "min_version",
             "choice",
-            f"Lowest TLS version: {', '.join(TLS_VERSIONS)}.",
+            f"Lowest TLS version: {', '.join(TLS_VERSIONS)} (listen_tls too).",
             choice(*TLS_VERSIONS),
         ),
-        Key("ciphers", "string", "OpenSSL cipher list (TLS 1.2 and below).", ciphers),
+        Key(
+            "ciphers",
+            "string",
+            "OpenSSL cipher list for TLS 1.2 and below (listen_tls too).",
+            ciphers,
+        ),
     ),
 )
 
@@ -248,7 +262,8 @@ CONTROL = Section(
         Key(
             "socket",
             "path",
-            "Unix socket path; null: the default path, if any.",
+            "Unix socket path; null: `$RUNTIME_DIRECTORY/control.sock` under systemd, "
+            "`/run/imapproxy/control.sock` as root, else no control socket.",
             path(must_exist=False),
         ),
     ),
