@@ -1,5 +1,6 @@
-"""Command line: ``imapproxy [run] ...``, ``check``, ``demo``, and the inspector's
-``sessions``, ``kick``, ``tail`` and ``show`` (``imapproxy.inspect.client``)."""
+"""Command line: ``imapproxy [run] ...``, ``check``, ``demo``, ``config-schema`` (the config
+reference), and the inspector's ``sessions``, ``kick``, ``tail`` and ``show``
+(``imapproxy.inspect.client``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from imapproxy.config.loader import (
     load_config,
     parse_workers,
 )
+from imapproxy.config.reference import render as render_reference
 from imapproxy.inspect import client
 from imapproxy.inspect.client import ControlError
 from imapproxy.server.capacity import raise_fd_limit
@@ -330,12 +332,24 @@ def _pair(addr: Address | None) -> tuple[str, int] | None:
     return None if addr is None else (addr.host, addr.port)
 
 
+def config_schema(argv: Sequence[str]) -> int:
+    """``imapproxy config-schema``: print the configuration reference (Markdown)."""
+    argparse.ArgumentParser(
+        prog="imapproxy config-schema",
+        description="Print the configuration reference as Markdown (docs/configuration.md).",
+    ).parse_args(argv)
+    sys.stdout.write(render_reference())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check":
         return check(argv[1:])
     if argv and argv[0] == "demo":
         return demo(argv[1:])
+    if argv and argv[0] == "config-schema":
+        return config_schema(argv[1:])
     if argv and argv[0] in ("sessions", "kick", "tail", "show"):
         return inspect(argv[0], argv[1:])
     if argv and argv[0] == "run":
