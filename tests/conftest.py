@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from imapproxy.demo.dovecot import Dovecot, dovecot_binary
-from tests.helpers import ImapAccount, make_message
+from tests.support.messages import ImapAccount, make_message
 
 IMAP_PASSWORD = "pw-secret-123"
 

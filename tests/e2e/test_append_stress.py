@@ -32,8 +32,8 @@ from pathlib import Path
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.childproxy import ChildProxy
 
-from .childproxy import ChildProxy
 from .conftest import Account, new_account
 
 CLIENTS = 20

@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.rawimap import RawIMAP
 
 from .conftest import RunningProxy, new_account
-from .rawimap import RawIMAP
 
 
 def _read_all(sock: socket.socket, limit: int = 1 << 22) -> bytes:

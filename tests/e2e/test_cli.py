@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.rawimap import RawIMAP
 
 from .conftest import new_account
-from .rawimap import RawIMAP
 
 
 def _free_port() -> int:

@@ -17,10 +17,8 @@ import trio
 from imapproxy.config.loader import Address, Config, Listen, Upstream
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.wire.proxy_protocol import encode_v2
-
-from .conftest import Account, ProxyFactory, new_account
-from .rawimap import RawIMAP
-from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the fixtures
+from tests.support.rawimap import RawIMAP
+from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
     Events,
     edge_dovecot_fixture,
@@ -28,6 +26,8 @@ from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the f
     log_since,
     pki_fixture,
 )
+
+from .conftest import Account, ProxyFactory, new_account
 
 _sources = (f"127.0.0.{n}" for n in itertools.count(20))  # one fresh client address per use
 Mode = Literal["proxy_v2", "id"]

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from imapproxy.telemetry.metrics import Metrics
-from tests.prometheus import PrometheusError, PrometheusServer, prometheus_binary
+from tests.support.prometheus import PrometheusError, PrometheusServer, prometheus_binary
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "imapproxy-dashboard.json"
 

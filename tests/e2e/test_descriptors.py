@@ -14,8 +14,7 @@ import urllib.request
 from collections.abc import Callable
 
 from imapproxy.demo.dovecot import Dovecot
-
-from .childproxy import ChildProxy
+from tests.support.childproxy import ChildProxy
 
 GREETING = b"* OK"
 AT_CAPACITY = b"* BYE [UNAVAILABLE] Proxy at capacity\r\n"

@@ -15,7 +15,7 @@ import trustme
 from imapproxy.demo.banner import DEMO_PASSWORD, DEMO_USER, demo_banner, start_demo_upstream
 from imapproxy.demo.dovecot import Dovecot, TLSFiles
 from tests.conftest import SeedMessage
-from tests.helpers import ImapAccount, make_message
+from tests.support.messages import ImapAccount, make_message
 
 pytestmark = pytest.mark.dovecot
 

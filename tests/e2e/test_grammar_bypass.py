@@ -15,9 +15,9 @@ import trio
 
 from imapproxy.config.loader import load_config
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.rawimap import RawIMAP
 
 from .conftest import Account, ProxyFactory, new_account
-from .rawimap import RawIMAP
 
 PER_USER_BLOCK = """
 rules:

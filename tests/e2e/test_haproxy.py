@@ -20,15 +20,15 @@ import pytest
 
 from imapproxy.config.loader import load_config
 from imapproxy.demo.dovecot import Dovecot
-
-from .conftest import new_account
-from .rawimap import RawIMAP
-from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the fixtures
+from tests.support.rawimap import RawIMAP
+from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
     edge_dovecot_fixture,
     log_since,
     pki_fixture,
 )
+
+from .conftest import new_account
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 IMAPPROXY = [sys.executable, "-m", "imapproxy"]

@@ -13,7 +13,7 @@ from imapproxy.config.loader import Address, Config, Upstream, load_config
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.telemetry.metrics import Metrics
 from imapproxy.telemetry.recorder import Telemetry
-from tests.prometheus import PrometheusServer, prometheus_binary
+from tests.support.prometheus import PrometheusServer, prometheus_binary
 
 from .conftest import Account, ProxyFactory, new_account
 from .test_dashboard_prometheus import assert_every_panel_has_data

@@ -31,15 +31,15 @@ from imapproxy.demo.dovecot import Dovecot
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
 from imapproxy.wire.proxy_protocol import V2_SIGNATURE, encode_v2
-
-from .conftest import Account, ProxyFactory, RunningProxy, new_account
-from .rawimap import RawIMAP
-from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the fixtures
+from tests.support.rawimap import RawIMAP
+from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
     Events,
     events_fixture,
     pki_fixture,
 )
+
+from .conftest import Account, ProxyFactory, RunningProxy, new_account
 
 IP = ipaddress.ip_address
 TRUSTED = (ipaddress.ip_network("127.0.0.1/32"),)

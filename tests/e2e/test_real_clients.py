@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
-from tests.helpers import make_message
+from tests.support.messages import make_message
 
 from .conftest import Account, RunningProxy, new_account
 

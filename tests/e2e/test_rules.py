@@ -12,9 +12,9 @@ import trio
 
 from imapproxy.config.loader import Config, load_config
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.rawimap import RawIMAP
 
 from .conftest import Account, ProxyFactory, RunningProxy, new_account
-from .rawimap import RawIMAP
 
 PASSWORD = "pw-secret-123"  # every test account's password: must never be logged
 

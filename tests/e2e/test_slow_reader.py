@@ -17,8 +17,8 @@ import time
 import pytest
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.childproxy import ChildProxy
 
-from .childproxy import ChildProxy
 from .conftest import Account, new_account
 
 MESSAGE_SIZE = 30 * 1024 * 1024

@@ -32,11 +32,9 @@ from imapproxy.demo.dovecot import Dovecot
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.metrics import Metrics
 from imapproxy.telemetry.recorder import Telemetry
-from tests.helpers import make_message
-
-from .conftest import Account, ProxyFactory, RunningProxy, new_account
-from .rawimap import RawIMAP
-from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the fixtures
+from tests.support.messages import make_message
+from tests.support.rawimap import RawIMAP
+from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
     Events,
     events_fixture,
@@ -44,6 +42,8 @@ from .tls_fixtures import (  # noqa: F401 - the *_fixture imports register the f
     pki_fixture,
     tls_dovecot_fixture,
 )
+
+from .conftest import Account, ProxyFactory, RunningProxy, new_account
 
 MBSYNC = shutil.which("mbsync")
 _TUID = re.compile(rb"^X-TUID: [^\n]*\n", re.MULTILINE)

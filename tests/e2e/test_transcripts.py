@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.rawimap import RawIMAP, normalise
 
 from .conftest import Account, RunningProxy, new_account
-from .rawimap import RawIMAP, normalise
 
 Script = Callable[[RawIMAP, Account], list[bytes]]
 
