@@ -617,9 +617,9 @@ def test_upstream_to_client_to_upstream_is_identity(name: str, utf8: bool) -> No
 
 
 def test_memoised_verdicts_follow_the_facts(monkeypatch: pytest.MonkeyPatch) -> None:
-    import imapproxy.policy.engine as engine
+    import imapproxy.policy.verdicts as verdicts
 
-    monkeypatch.setattr(engine, "_CACHE_LIMIT", 2)
+    monkeypatch.setattr(verdicts, "CACHE_LIMIT", 2)
     policy = compile_rules(
         "- {name: r, action: block, when: {user: [bob], client: [10.0.0.0/8]}}\n"
         "- {name: l, action: log, when: {mailbox: [S]}}\n"
