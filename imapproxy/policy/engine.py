@@ -3,7 +3,8 @@
 Semantics (rules are evaluated in file order; ``when`` keys are AND-ed):
 
 * ``log``: every matching log rule applies; the command is logged once, with the strongest
-  ``detail`` among them (``full`` beats ``command``) and the union of their directions.
+  ``detail`` among them (``full`` beats ``command``). ``when.direction`` is refused on log
+  rules by the loader: a log line is a command together with its tagged answer.
 * ``block``: the *first* matching block rule answers the command (``TAG NO [...] message``);
   later block rules are not consulted. Blocked commands are still logged by matching logs.
 * ``read_only``: ``SELECT`` of a mailbox its ``when`` matches is sent upstream as
@@ -196,7 +197,7 @@ class Policy:
             block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
             matched += tuple((name, "rewrite_mailbox") for name in applied)
             if block is not None:
-                return Verdict(block, None, verdict.log, matched, verdict.log_direction)
+                return Verdict(block, None, verdict.log, matched)
         if read_only:
             names, ok = self._involved_mailboxes(facts, command, args)
             hits = self._read_only.verdict(facts.client_ip, user, names if ok else None).matched
@@ -205,7 +206,7 @@ class Policy:
                 matched += hits or ((self._read_only.matchers[0].rule.name, "read_only"),)
         if rewritten is None and matched is verdict.matched:
             return verdict
-        return Verdict(None, rewritten, verdict.log, matched, verdict.log_direction)
+        return Verdict(None, rewritten, verdict.log, matched)
 
     def _involved_mailboxes(
         self, facts: SessionFacts, command: str, args: ParsedCommand | None

@@ -26,7 +26,6 @@ class Verdict:
     rewritten: bytes | None  # the command (or its prefix before a live literal), rewritten
     log: str | None  # None | "command" | "full"
     matched: tuple[tuple[str, str], ...]  # (rule name, action) of every rule that applied
-    log_direction: str = "both"  # "both" | "client" (command line only) | "server"
 
 
 PASS = Verdict(None, None, None, ())
@@ -94,7 +93,6 @@ class Candidates:
     ) -> Verdict:
         block: tuple[str, str] | None = None
         detail: str | None = None
-        sides = 0  # bit 1: client side, bit 2: server side
         matched: list[tuple[str, str]] = []
         for matcher in self.matchers:
             rule = matcher.rule
@@ -107,12 +105,9 @@ class Candidates:
                 block = (rule.name, rule.block_message())
             elif rule.action == "log":
                 detail = "full" if rule.detail == "full" or detail == "full" else "command"
-                direction = rule.when.direction
-                sides |= 1 if direction == "client" else 2 if direction == "server" else 3
         if block is None and detail is None and not matched:
             return PASS
-        log_direction = "client" if sides == 1 else "server" if sides == 2 else "both"
-        return Verdict(block, None, detail, tuple(matched), log_direction)
+        return Verdict(block, None, detail, tuple(matched))
 
 
 def unparsable(cands: Candidates, what: str) -> Verdict:

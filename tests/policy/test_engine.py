@@ -182,23 +182,19 @@ def test_first_matching_block_rule_applies() -> None:
     assert verdict.block == ("second", "Blocked by policy rule second")
 
 
-def test_all_log_rules_merge_detail_and_direction() -> None:
+def test_all_log_rules_merge_detail() -> None:
     policy = compile_rules(
-        "- {name: c, action: log, when: {direction: client}}\n"
-        "- {name: s, action: log, when: {direction: server, command: [FETCH]}}\n"
+        "- {name: c, action: log}\n"
+        "- {name: s, action: log, when: {command: [FETCH]}}\n"
         "- {name: f, action: log, detail: full, when: {command: [SELECT]}}\n"
     )
-    assert decide(policy, b"a NOOP\r\n", "NOOP") == Verdict(
-        None, None, "command", (("c", "log"),), "client"
-    )
+    assert decide(policy, b"a NOOP\r\n", "NOOP") == Verdict(None, None, "command", (("c", "log"),))
     assert decide(policy, b"a FETCH 1 FLAGS\r\n", "FETCH") == Verdict(
-        None, None, "command", (("c", "log"), ("s", "log")), "both"
+        None, None, "command", (("c", "log"), ("s", "log"))
     )
     assert decide(policy, b"a SELECT x\r\n", "SELECT") == Verdict(
-        None, None, "full", (("c", "log"), ("f", "log")), "both"
+        None, None, "full", (("c", "log"), ("f", "log"))
     )
-    only_server = compile_rules("- {name: s, action: log, when: {direction: server}}\n")
-    assert decide(only_server, b"a NOOP\r\n", "NOOP").log_direction == "server"
 
 
 LOGIN_RULES = (
