@@ -61,28 +61,25 @@ from imapproxy.policy.arguments import (
     SELECTED_COMMANDS,
     as_examine,
     decoded_selected,
-    list_tokens,
     mailbox_tokens,
     parse_arguments,
 )
-from imapproxy.policy.mailboxes import MailboxMap, Mapped, decode_mailbox
+from imapproxy.policy.mailboxes import MailboxMap, decode_mailbox
 from imapproxy.policy.matchers import Matcher
 from imapproxy.policy.model import Rule
 from imapproxy.policy.responses import LearnedDelimiter, ResponseRewriter
-from imapproxy.policy.splice import splice
+from imapproxy.policy.rewriting import CommandRewriter
 from imapproxy.policy.texts import StatusTexts
 from imapproxy.policy.trees import (
-    CONFLICT_MESSAGE,
     TREE_COMMANDS,
     MappedRoot,
-    mapping_conflict,
     tree_scope,
 )
-from imapproxy.policy.verdicts import PASS, UNPARSABLE_MESSAGE, Candidates, Verdict, unparsable
+from imapproxy.policy.verdicts import PASS, Candidates, Verdict, unparsable
 from imapproxy.session.settings import SessionFacts
 from imapproxy.wire.commands import KNOWN_COMMANDS
 from imapproxy.wire.sasl import login_user_of
-from imapproxy.wire.tokens import ParsedCommand, Token, TokenKind
+from imapproxy.wire.tokens import ParsedCommand
 
 # Re-exported: the rules loader reads the command tables from here.
 __all__ = [
@@ -93,8 +90,6 @@ __all__ = [
     "SessionFacts",
     "Verdict",
 ]
-
-_RESERVED_MESSAGE = "Mailbox name is reserved by policy"
 
 
 class Policy:
@@ -118,7 +113,6 @@ class Policy:
         }
         rewrites = [r for r in rules if r.action == "rewrite_mailbox"]
         self._map = MailboxMap([(r.name, r.from_ or "", r.to or "") for r in rewrites])
-        self._roots = tuple(MappedRoot(r.name, r.from_ or "", r.to or "") for r in rewrites)
         self._needs_arguments = frozenset(
             name
             for name, cands in self._by_command.items()
@@ -127,6 +121,8 @@ class Policy:
             or (name == "SELECT" and self._read_only.matchers)
         )
         self._delimiter = LearnedDelimiter()  # learned from the server's LIST responses
+        roots = tuple(MappedRoot(r.name, r.from_ or "", r.to or "") for r in rewrites)
+        self._commands = CommandRewriter(self._map, roots, self._delimiter)
         texts = StatusTexts([(r.from_ or "", r.to or "") for r in rewrites])
         self._responses = ResponseRewriter(
             self._map, texts, self._by_command["STATUS"], self._delimiter
@@ -161,6 +157,14 @@ class Policy:
         return command in self._needs_arguments
 
     def decide(self, facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict:
+        """The verdict on one client command (``command``: its upper-case name, ``UID X``
+        style) under the session's ``facts``.
+
+        ``raw`` is the command as read so far; ``complete`` is False when it stops at a
+        literal still to come (APPEND's message), which a rewrite then keeps as it is. Pure
+        apart from the memo (``verdicts``); never raises on hostile input: arguments that a
+        blocking or rewriting rule needs and cannot be read refuse the command.
+        """
         cands = self._by_command.get(command, self._generic)
         rewrite = bool(self._map) and command in REWRITE_COMMANDS
         read_only = command == "SELECT" and bool(self._read_only.matchers)
@@ -185,7 +189,7 @@ class Policy:
                 return unparsable(cands, "mailbox")
             if ok and command in TREE_COMMANDS and args is not None:
                 # RENAME/DELETE act on everything under their names (see trees)
-                extra, trees = tree_scope(*self._tree_names(command, args, facts.utf8))
+                extra, trees = tree_scope(*self._commands.tree_names(command, args, facts.utf8))
                 mailboxes += extra
 
         verdict = cands.verdict(facts.client_ip, user, mailboxes, trees)
@@ -194,7 +198,7 @@ class Policy:
         matched = verdict.matched
         rewritten: bytes | None = None
         if rewrite:
-            block, rewritten, applied = self._rewrite_command(command, raw, args, facts.utf8)
+            block, rewritten, applied = self._commands.rewrite(command, raw, args, facts.utf8)
             matched += tuple((name, "rewrite_mailbox") for name in applied)
             if block is not None:
                 return Verdict(block, None, verdict.log, matched)
@@ -225,66 +229,6 @@ class Policy:
                 for token in tokens:
                     names.append(decode_mailbox(token.value, facts.utf8, delimiter))
         return tuple(names), ok
-
-    def _tree_names(
-        self, command: str, args: ParsedCommand, utf8: bool
-    ) -> tuple[list[str], list[str], tuple[MappedRoot, ...], str | None]:
-        """(client names, their upstream names, mapped roots, delimiter) for trees."""
-        delimiter = self.delimiter
-        text_delimiter = delimiter.decode("utf-8", "replace") if delimiter else None
-        clients: list[str] = []
-        upstreams: list[str] = []
-        for token in mailbox_tokens(command, args) or ():
-            clients.append(decode_mailbox(token.value, utf8, delimiter))
-            up = self._map.to_upstream(token.value, delimiter, utf8).wire if self._map else None
-            upstreams.append(decode_mailbox(up, utf8, delimiter) if up else clients[-1])
-        return clients, upstreams, self._roots, text_delimiter
-
-    def _rewrite_command(
-        self, command: str, raw: bytes, parsed: ParsedCommand | None, utf8: bool
-    ) -> tuple[tuple[str, str] | None, bytes | None, tuple[str, ...]]:
-        """(block, rewritten, rules applied): map mailbox arguments client -> upstream."""
-        if parsed is None:
-            return self._refuse(UNPARSABLE_MESSAGE)
-        delimiter = self.delimiter
-        edits: list[tuple[Token, bytes]] = []
-        applied: list[str] = []
-        if command in LIST_COMMANDS:
-            for token, is_reference in list_tokens(parsed):
-                if token.kind is TokenKind.LIST:
-                    return self._refuse(UNPARSABLE_MESSAGE)
-                new, rule = self._map.pattern_to_upstream(token.value, delimiter, utf8)
-                if rule is not None:
-                    edits.append((token, new))
-                    applied.append(rule)
-                if is_reference and token.value:
-                    break  # a pattern after a non-empty reference is relative to it
-        else:
-            tokens = mailbox_tokens(command, parsed)
-            if tokens is None:
-                return self._refuse(UNPARSABLE_MESSAGE)
-            for token in tokens:
-                mapped: Mapped = self._map.to_upstream(token.value, delimiter, utf8)
-                if not mapped.valid:
-                    return self._refuse(_RESERVED_MESSAGE, mapped.rule)
-                if mapped.rule is not None:
-                    edits.append((token, mapped.wire))
-                    applied.append(mapped.rule)
-            if command in TREE_COMMANDS:
-                conflict = mapping_conflict(command, *self._tree_names(command, parsed, utf8))
-                if conflict is not None:
-                    return self._refuse(CONFLICT_MESSAGE, conflict.rule)
-        if not edits:
-            return None, None, ()
-        rewritten = splice(raw, edits, list_pattern=command in LIST_COMMANDS)
-        return None, rewritten, tuple(dict.fromkeys(applied))
-
-    def _refuse(
-        self, message: str, rule: str | None = None
-    ) -> tuple[tuple[str, str], None, tuple[str, ...]]:
-        if rule is None:  # blame the first rewrite rule: the table as a whole refused
-            rule = next(r.name for r in self.rules if r.action == "rewrite_mailbox")
-        return (rule, message), None, (rule,)
 
     # -- responses (see policy.responses) ----------------------------------------------------
 
