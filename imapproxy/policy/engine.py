@@ -47,6 +47,13 @@ Children of a mapped name are found across the server's hierarchy delimiter, lea
 LIST/LSUB replies passing through ``rewrite_response`` (``LIST "" ""`` or any mapped name);
 ``/`` is assumed until then. A policy is shared by all sessions; on reload, ``carry_over``
 hands the learned delimiter to the new one.
+
+Where each job lives: ``engine`` (``Policy``: compiling, ``decide``), ``arguments`` (which
+arguments are mailboxes, reading them), ``verdicts`` (``Verdict``, matching block/log rules,
+memoised), ``rewriting`` (client -> upstream names in commands), ``responses`` (upstream ->
+client names in responses, the learned delimiter), ``splice``, ``mailboxes``, ``trees``,
+``texts``, ``matchers``. ``SessionFacts`` is declared by the session (``session.settings``)
+and re-exported here.
 """
 
 from __future__ import annotations
