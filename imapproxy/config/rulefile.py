@@ -126,14 +126,18 @@ def _parse_rule(node: YNode, what: str) -> Rule:
 
 
 def _log_rule(rule: Rule, detail_node: YNode | None, when_node: YNode | None, what: str) -> Rule:
+    if rule.when.direction is not None:
+        # One log line records a command together with its tagged answer: there is no
+        # client-only or server-only half to pick, and ignoring the key would mislead.
+        assert when_node is not None
+        when_node.as_mapping(f"{what}.when").key_node("direction").fail(
+            "'when.direction' is not supported on log rules: each log line records a "
+            "command with its tagged answer; 'detail: full' adds the server's untagged "
+            "responses"
+        )
     detail: Detail = "command"
     if detail_node is not None:
         detail = cast(Detail, detail_node.as_choice("detail", ("command", "full")))
-        if detail == "full" and rule.when.direction == "client":
-            detail_node.fail(
-                "'detail: full' adds the server's untagged responses; it cannot be combined "
-                "with 'direction: client'"
-            )
     return Rule(rule.name, rule.action, rule.when, detail=detail, location=rule.location)
 
 

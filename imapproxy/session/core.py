@@ -81,7 +81,7 @@ from imapproxy.session.inflight import InFlight, InFlightCommand
 from imapproxy.session.login import UpstreamLogin
 from imapproxy.session.output import CommandDone, Output, ProtocolIssue
 from imapproxy.session.responses import ServerResponses
-from imapproxy.session.settings import PolicyLike, SessionSettings
+from imapproxy.session.settings import PolicyLike, SessionFacts, SessionSettings
 from imapproxy.wire import (
     CLOSED,
     NEED_DATA,
@@ -161,6 +161,8 @@ class Session:
         self.server = ServerParser(settings.max_line)
         self.user: str | None = None
         self.selected: str | None = None
+        # The server enabled UTF8=ACCEPT (RFC 6855): mailbox names on the wire are UTF-8.
+        self.utf8 = False
         self.client_tls = settings.client_tls_active
         self.closed: str | None = None  # why the session ended; None while it runs
         self.out = Output()
@@ -326,11 +328,11 @@ class Session:
         else:
             self.out.to_upstream.append(data)
 
-    def facts(self) -> object:
-        """The policy's facts about this session now."""
+    def facts(self) -> SessionFacts:
+        """What the policy judges this session's next command or response by, now."""
         return self.make_facts(self.user, self.selected)
 
-    def facts_for(self, cmd: InFlightCommand, raw: bytes) -> object:
+    def facts_for(self, cmd: InFlightCommand, raw: bytes) -> SessionFacts:
         """Facts for deciding ``cmd``: a login is judged by the user it names."""
         if cmd.name == "AUTHENTICATE" and cmd.user is not None:
             return self.make_facts(cmd.user, self.selected)
@@ -338,11 +340,8 @@ class Session:
             return self.make_facts(login_user(raw), self.selected)
         return self.facts()
 
-    def make_facts(self, user: str | None, selected: str | None) -> object:
-        factory = self.settings.facts
-        if factory is None:
-            return None
-        return factory(self.settings.client_ip, user, selected)
+    def make_facts(self, user: str | None, selected: str | None) -> SessionFacts:
+        return self.settings.facts(self.settings.client_ip, user, selected, self.utf8)
 
     def fatal(self, side: str, reason: str) -> None:
         """A protocol error ``side`` cannot recover from: BYE to the client, session over."""

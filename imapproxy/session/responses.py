@@ -10,7 +10,8 @@ follow (``ResponsePart``, literal payload), for ``Session``'s server drain loop:
 * continuations: consumed for a released held command's waiting segment or a confirmed
   ``{n+}``, otherwise relayed; either way the client parser may resume;
 * tagged answers: the command leaves the in-flight table, the session state follows its
-  outcome (user, selected mailbox), a ``CommandDone`` is noted, the proxy's own answers
+  outcome (user, selected mailbox; UTF-8 names after ``* ENABLED UTF8=ACCEPT`` answering
+  an ENABLE), a ``CommandDone`` is noted, the proxy's own answers
   queued behind it are released, then a deferred STARTTLS is answered.
 """
 
@@ -82,6 +83,10 @@ class ServerResponses:
             raw = s.caps.response_code(raw)
         elif word == "BYE":
             login.server_bye = True
+        elif word == "ENABLED" and not s.utf8:
+            s.utf8 = _enables_utf8(raw) and any(
+                c.name == "ENABLE" for c in s.inflight.pending.values()
+            )
         policy = s.policy
         if (
             policy is not None
@@ -182,6 +187,11 @@ class ServerResponses:
                 s.selected = None
         elif name in _DESELECTING and ok:
             s.selected = None
+
+
+def _enables_utf8(raw: bytes) -> bool:
+    """``* ENABLED ... UTF8=ACCEPT ...`` (RFC 5161, 6855): from now on names are UTF-8."""
+    return b"UTF8=ACCEPT" in raw.upper().split()[2:]
 
 
 def response_code(raw: bytes) -> str | None:

@@ -199,14 +199,13 @@ def test_when_values_are_normalised(cwd: Path) -> None:
             "c.yaml",
             "rules:\n"
             "  - name: x\n"
-            "    action: log\n"
-            "    detail: full\n"
+            "    action: block\n"
             "    when:\n"
             "      command: [uid  fetch, Fetch, FETCH]\n"
             "      user: '*@example.com'\n"
             "      mailbox: [Archive, 'Archive/*']\n"
             "      client: [10.0.0.0/8, '2001:db8::/32', 192.0.2.7]\n"
-            "      direction: server\n",
+            "      direction: client\n",
         )
     )
     assert config.rules[0].when == When(
@@ -218,9 +217,8 @@ def test_when_values_are_normalised(cwd: Path) -> None:
             ipaddress.ip_network("2001:db8::/32"),
             ipaddress.ip_network("192.0.2.7/32"),
         ),
-        direction="server",
+        direction="client",
     )
-    assert config.rules[0].detail == "full"
 
 
 def test_anchors_and_merge_keys(cwd: Path) -> None:
@@ -457,10 +455,15 @@ ERRORS: dict[str, tuple[str, str]] = {
         "rules:\n  - name: x\n    action: block\n    when: {direction: server}\n",
         "c.yaml:4:23: a block rule acts on client commands; 'direction: server' never matches",
     ),
-    "full detail with client direction": (
+    "direction on a log rule": (
         "rules:\n  - name: x\n    action: log\n    detail: full\n    when: {direction: client}\n",
-        "c.yaml:4:13: 'detail: full' adds the server's untagged responses; it cannot be "
-        "combined with 'direction: client'",
+        "c.yaml:5:12: 'when.direction' is not supported on log rules: each log line records "
+        "a command with its tagged answer; 'detail: full' adds the server's untagged responses",
+    ),
+    "server direction on a log rule": (
+        "rules:\n  - name: x\n    action: log\n    when:\n      direction: server\n",
+        "c.yaml:5:7: 'when.direction' is not supported on log rules: each log line records "
+        "a command with its tagged answer; 'detail: full' adds the server's untagged responses",
     ),
     "non-ASCII block message": (
         "rules:\n  - name: x\n    action: block\n    message: 'Löschen verboten'\n",

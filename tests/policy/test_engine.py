@@ -182,23 +182,19 @@ def test_first_matching_block_rule_applies() -> None:
     assert verdict.block == ("second", "Blocked by policy rule second")
 
 
-def test_all_log_rules_merge_detail_and_direction() -> None:
+def test_all_log_rules_merge_detail() -> None:
     policy = compile_rules(
-        "- {name: c, action: log, when: {direction: client}}\n"
-        "- {name: s, action: log, when: {direction: server, command: [FETCH]}}\n"
+        "- {name: c, action: log}\n"
+        "- {name: s, action: log, when: {command: [FETCH]}}\n"
         "- {name: f, action: log, detail: full, when: {command: [SELECT]}}\n"
     )
-    assert decide(policy, b"a NOOP\r\n", "NOOP") == Verdict(
-        None, None, "command", (("c", "log"),), "client"
-    )
+    assert decide(policy, b"a NOOP\r\n", "NOOP") == Verdict(None, None, "command", (("c", "log"),))
     assert decide(policy, b"a FETCH 1 FLAGS\r\n", "FETCH") == Verdict(
-        None, None, "command", (("c", "log"), ("s", "log")), "both"
+        None, None, "command", (("c", "log"), ("s", "log"))
     )
     assert decide(policy, b"a SELECT x\r\n", "SELECT") == Verdict(
-        None, None, "full", (("c", "log"), ("f", "log")), "both"
+        None, None, "full", (("c", "log"), ("f", "log"))
     )
-    only_server = compile_rules("- {name: s, action: log, when: {direction: server}}\n")
-    assert decide(only_server, b"a NOOP\r\n", "NOOP").log_direction == "server"
 
 
 LOGIN_RULES = (
@@ -617,9 +613,9 @@ def test_upstream_to_client_to_upstream_is_identity(name: str, utf8: bool) -> No
 
 
 def test_memoised_verdicts_follow_the_facts(monkeypatch: pytest.MonkeyPatch) -> None:
-    import imapproxy.policy.engine as engine
+    import imapproxy.policy.verdicts as verdicts
 
-    monkeypatch.setattr(engine, "_CACHE_LIMIT", 2)
+    monkeypatch.setattr(verdicts, "CACHE_LIMIT", 2)
     policy = compile_rules(
         "- {name: r, action: block, when: {user: [bob], client: [10.0.0.0/8]}}\n"
         "- {name: l, action: log, when: {mailbox: [S]}}\n"

@@ -24,6 +24,7 @@ from imapproxy.session.output import (
     ProtocolIssue,
     RuleHit,
 )
+from imapproxy.session.settings import SessionFacts
 
 from .playbook import (
     Like,
@@ -590,7 +591,7 @@ class Verdict:
     matched: tuple[tuple[str, str], ...] = ()
 
 
-Decider = Callable[[object, str, bytes, bool], Verdict | None]
+Decider = Callable[[SessionFacts, str, bytes, bool], Verdict | None]
 
 
 @dataclass
@@ -599,13 +600,13 @@ class FakePolicy:
     blocks: dict[str, tuple[str, str]] = field(default_factory=dict)
     decider: Decider | None = None
     responses: Callable[[bytes], bytes | None] | None = None
-    decisions: list[tuple[object, str, bytes, bool]] = field(default_factory=list)
+    decisions: list[tuple[SessionFacts, str, bytes, bool]] = field(default_factory=list)
     rewrite_calls: list[bytes] = field(default_factory=list)
 
     def needs_arguments(self, command: str) -> bool:
         return command in self.needs
 
-    def decide(self, facts: object, command: str, raw: bytes, complete: bool) -> Verdict:
+    def decide(self, facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict:
         self.decisions.append((facts, command, raw, complete))
         if self.decider is not None:
             verdict = self.decider(facts, command, raw, complete)
@@ -619,7 +620,7 @@ class FakePolicy:
     def rewrites_responses(self) -> bool:
         return self.responses is not None
 
-    def rewrite_response(self, raw: bytes, facts: object = None) -> bytes | None:
+    def rewrite_response(self, raw: bytes, facts: SessionFacts | None = None) -> bytes | None:
         self.rewrite_calls.append(raw)
         assert self.responses is not None
         return self.responses(raw)
@@ -628,14 +629,8 @@ class FakePolicy:
         return None
 
 
-def facts(ip: object, user: str | None, selected: str | None) -> tuple[object, ...]:
-    return (ip, user, selected)
-
-
 def policy_playbook(policy: FakePolicy, **settings: object) -> Recorder:
-    pb = Recorder(
-        policy=policy, facts=facts, client_ip=ipaddress.ip_address("192.0.2.7"), **settings
-    )
+    pb = Recorder(policy=policy, client_ip=ipaddress.ip_address("192.0.2.7"), **settings)
     pb.s(b"* OK ready\r\n")
     pb.down = b""  # the tests look at what follows the greeting
     return pb
@@ -651,7 +646,7 @@ def test_block_without_literal() -> None:
     assert CommandBlocked("no-delete", "DELETE") in out.notes
     assert [(n.tag, n.status) for n in pb.of(CommandDone)] == [("a", "NO")]
     assert policy.decisions[0][1:] == ("DELETE", b"a DELETE Archive\r\n", True)
-    assert policy.decisions[0][0] == (ipaddress.ip_address("192.0.2.7"), None, None)
+    assert policy.decisions[0][0] == SessionFacts(ipaddress.ip_address("192.0.2.7"), None, None)
     assert up(pb.c(b"b NOOP\r\n")) == b"b NOOP\r\n"
 
 
@@ -692,7 +687,7 @@ def test_block_append_nonsync_then_sync_literal() -> None:
 
 
 def test_rewritten_command_is_forwarded_instead() -> None:
-    def decider(facts: object, command: str, raw: bytes, complete: bool) -> Verdict | None:
+    def decider(facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict | None:
         if command == "SELECT":
             return Verdict(rewritten=raw.replace(b"Team", b"Shared/Team"))
         return None
@@ -733,7 +728,7 @@ def test_held_login_two_sync_literals() -> None:
     assert down(pb.c(b"bob {%d}\r\n" % len(PASSWORD))).startswith(b"+ ")
     out = pb.c(PASSWORD + b"\r\n")
     assert up(out) == b"a LOGIN {3}\r\n"
-    assert policy.decisions[-1][0][1] == "bob"  # the facts know who is logging in
+    assert policy.decisions[-1][0].user == "bob"  # the facts know who is logging in
     assert up(pb.s(b"+ \r\n")) == b"bob {%d}\r\n" % len(PASSWORD)
     assert up(pb.s(b"+ \r\n")) == PASSWORD + b"\r\n"
     assert down(pb.s(b"a OK Logged in\r\n")) == b"a OK Logged in\r\n"
@@ -832,8 +827,8 @@ def test_response_rewriting_incl_list_with_literal_name() -> None:
 
 
 def test_sasl_continuation_user_is_checked_and_blocked() -> None:
-    def decider(facts: object, command: str, raw: bytes, complete: bool) -> Verdict | None:
-        if command == "AUTHENTICATE" and facts[1] == "mallory":  # type: ignore[index]
+    def decider(facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict | None:
+        if command == "AUTHENTICATE" and facts.user == "mallory":
             return Verdict(block=("no-mallory", "Go away"), matched=(("no-mallory", "block"),))
         return None
 
@@ -853,8 +848,8 @@ def test_sasl_continuation_user_is_checked_and_blocked() -> None:
 
 
 def test_sasl_initial_response_user_is_checked_and_blocked() -> None:
-    def decider(facts: object, command: str, raw: bytes, complete: bool) -> Verdict | None:
-        if command == "AUTHENTICATE" and facts[1] == "mallory":  # type: ignore[index]
+    def decider(facts: SessionFacts, command: str, raw: bytes, complete: bool) -> Verdict | None:
+        if command == "AUTHENTICATE" and facts.user == "mallory":
             return Verdict(block=("no-mallory", "Go away"), matched=(("no-mallory", "block"),))
         return None
 
