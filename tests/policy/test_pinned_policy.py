@@ -272,22 +272,20 @@ def test_full_log_detail_wins_in_either_order(rules: str) -> None:
 
 
 def test_two_command_level_logs_stay_command() -> None:
-    rules = "- {name: a, action: log}\n- {name: b, action: log, when: {direction: client}}\n"
+    rules = "- {name: a, action: log}\n- {name: b, action: log, when: {command: [NOOP]}}\n"
     verdict = decide(compile_rules(rules), b"a NOOP\r\n", "NOOP")
-    assert (verdict.log, verdict.log_direction) == ("command", "both")
+    assert verdict.log == "command"
+    assert verdict.matched == (("a", "log"), ("b", "log"))
 
 
 def test_logged_and_rewritten_command() -> None:
-    policy = compile_rules(
-        "- {name: audit, action: log, detail: full, when: {direction: server}}\n" + REWRITE
-    )
+    policy = compile_rules("- {name: audit, action: log, detail: full}\n" + REWRITE)
     verdict = decide(policy, b"a SELECT Archive\r\n", "SELECT")
     assert verdict == Verdict(
         None,
         b"a SELECT Old/Archive\r\n",
         "full",
         (("audit", "log"), ("hide", "rewrite_mailbox")),
-        "server",
     )
 
 
