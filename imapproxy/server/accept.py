@@ -39,6 +39,8 @@ OpenListeners = Callable[..., Awaitable[list[trio.SocketListener]]]
 
 
 class Handler(Protocol):
+    """What runs one accepted connection (``Proxy._handle``); it closes the stream."""
+
     async def __call__(self, stream: ClientStream, listener: str) -> None: ...
 
 
