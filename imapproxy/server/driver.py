@@ -31,11 +31,12 @@ from imapproxy.net.streams import (
     CONNECTION_ERRORS,
     ClientTLSStarter,
     UpstreamConnector,
-    UpstreamSetupError,
     tls_details,
 )
-from imapproxy.server.capacity import capacity_log, resource_error
+from imapproxy.server.endings import IDLE_BYE, SHUTDOWN_BYE, SessionOver, auth_deadline
 from imapproxy.server.guard import SessionGuard
+from imapproxy.server.session_view import ObservedDriver
+from imapproxy.server.upstream_leg import open_upstream
 from imapproxy.session.core import Session
 from imapproxy.session.output import LimitHit, LoginDone, Output
 from imapproxy.session.settings import SessionSettings
@@ -66,11 +67,11 @@ class SessionContext:
     observers: Observers | None = None
 
 
-class _SessionOver(Exception):
-    pass
+class SessionDriver(ObservedDriver):
+    """Runs one session: ``run`` returns when it is over, its streams closed. I/O only:
+    every decision is the ``Session``'s; the observer hooks come from ``ObservedDriver``,
+    the upstream leg from ``server.upstream_leg``, the endings from ``server.endings``."""
 
-
-class SessionDriver:
     def __init__(self, ctx: SessionContext, client: trio.abc.Stream, peer: str) -> None:
         self.ctx = ctx
         self.client = client
@@ -110,55 +111,23 @@ class SessionDriver:
             if self.shutting_down:
                 self.close_reason = "proxy shutting down"
                 with trio.CancelScope(shield=True):
-                    await self._last_words(b"* BYE [UNAVAILABLE] Proxy shutting down\r\n", 1)
+                    await self.send_bye(SHUTDOWN_BYE, 1)
             elif self._kicked is not None:
                 with trio.CancelScope(shield=True):
-                    await self._last_words(self._kicked, 1)
+                    await self.send_bye(self._kicked, 1)
             observers.notes(self, self.session.abandon())
             with trio.CancelScope(shield=True):
                 await self._close_streams()
             observers.session_closed(self, time.monotonic() - started)
 
     async def _connect(self) -> bool:
-        t0 = time.monotonic()
-        reason = "connect_timeout"
-        with trio.move_on_after(self.ctx.connect_timeout):
-            try:
-                self.upstream = await self.ctx.connect_upstream()
-                self._to_upstream = Sender(self.upstream)
-                self._from_upstream = Receiver(self.upstream)
-            except OSError as exc:
-                if (exhausted := resource_error(exc)) is not None:
-                    await self._at_capacity(exhausted, exc)
-                    return False
-                reason = "connect_refused"
-                detail = str(exc)
-            except UpstreamSetupError as exc:  # STARTTLS, the client-IP ID exchange
-                reason = exc.reason
-                detail = str(exc)
-            else:
-                self._tls_info.update(tls_details(self.upstream, "upstream_"))
-                self.observers.upstream_connected(self, time.monotonic() - t0)
-                return True
-        if reason == "connect_timeout":
-            detail = f"no answer within {self.ctx.connect_timeout:g}s"
-        self.close_reason = f"upstream unavailable: {reason}"
-        self.observers.upstream_failed(self, reason, detail)
-        await self._last_words(b"* BYE [UNAVAILABLE] Mail server unavailable\r\n")
-        return False
-
-    async def _at_capacity(self, reason: str, exc: OSError) -> None:
-        """The proxy itself ran out (descriptors): say so, the mail server is fine."""
-        self.ctx.telemetry.accept_error("upstream", reason)
-        self.close_reason = f"proxy at capacity: {reason}"
-        capacity_log.event(
-            "proxy_at_capacity",
-            client=self.peer,
-            reason=reason,
-            error=exc.strerror or str(exc),
-            level=logging.ERROR,
-        )
-        await self._last_words(b"* BYE [UNAVAILABLE] Proxy at capacity\r\n")
+        upstream = await open_upstream(self)
+        if upstream is None:
+            return False
+        self.upstream = upstream
+        self._to_upstream = Sender(upstream)
+        self._from_upstream = Receiver(upstream)
+        return True
 
     async def _pump_both(self) -> None:
         self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout
@@ -168,12 +137,12 @@ class SessionDriver:
                     nursery.start_soon(self._pump_client)
                     nursery.start_soon(self._pump_upstream, nursery)
                     if self.ctx.auth_timeout and self.session.user is None:
-                        nursery.start_soon(self._auth_deadline)
-            except* _SessionOver:
+                        nursery.start_soon(auth_deadline, self)
+            except* SessionOver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
         if self._idle_scope.cancelled_caught and self.close_reason == "unknown":
             self.close_reason = "idle timeout"
-            await self._last_words(b"* BYE Idle timeout\r\n")
+            await self.send_bye(IDLE_BYE)
 
     async def _close_streams(self) -> None:
         self._to_client.close()
@@ -187,7 +156,7 @@ class SessionDriver:
                 with trio.move_on_after(2), contextlib.suppress(*CONNECTION_ERRORS):
                     await stream.aclose()
 
-    async def _last_words(self, line: bytes, timeout: float = 5) -> None:
+    async def send_bye(self, line: bytes, timeout: float = 5) -> None:
         """Tell the client why the session ends (after what is queued for it); a client that
         is gone is no error."""
         self._to_client.enqueue(line)
@@ -241,24 +210,13 @@ class SessionDriver:
             if not data:
                 self._stream_ended("upstream closed the connection")
 
-    async def _auth_deadline(self) -> None:
-        """``limits.auth_timeout``: a session not logged in by then is told so and closed."""
-        await trio.sleep(self.ctx.auth_timeout)
-        if self.session.user is not None:
-            return
-        if self.ctx.guard is not None:
-            self.ctx.guard.hit("auth_timeout")
-        self.close_reason = "auth timeout"
-        await self._last_words(b"* BYE Authentication timeout\r\n", 2)
-        raise _SessionOver
-
     def _stream_ended(self, reason: str) -> NoReturn:
         """A pump stops at EOF: reading again could spin for ever, since a broken SSLStream
         raises at once, without a checkpoint, so the cancellation never gets in and no
         other task of the process runs."""
         if self.close_reason == "unknown":
             self.close_reason = self.session.closed or reason
-        raise _SessionOver
+        raise SessionOver
 
     def _touch(self) -> None:
         # Moving a cancel scope's deadline is a heap operation: not on every read (at most
@@ -315,7 +273,7 @@ class SessionDriver:
                 self._resume.set()
         if out.close is not None:
             self.close_reason = out.close
-            raise _SessionOver
+            raise SessionOver
 
     def _observe(self, out: Output) -> None:
         self.observers.notes(self, out.notes)
@@ -337,32 +295,7 @@ class SessionDriver:
         except Exception as exc:  # handshake failures end this session only
             self.ctx.telemetry.tls_handshake("client", "failed")
             self.close_reason = f"client TLS handshake failed: {exc}"
-            raise _SessionOver from exc
+            raise SessionOver from exc
         self.ctx.telemetry.tls_handshake("client", "ok")
         self._from_client.replace(self.client)
         self._tls_info.update(tls_details(self.client))
-
-    # --- hooks for observers (the inspector's session registry) -----------------------
-    @property
-    def tls(self) -> dict[str, Any]:
-        """TLS facts of both legs (``tls_version``, ``upstream_tls_version``, ...)."""
-        return self._tls_info
-
-    @property
-    def last_activity(self) -> float:
-        """``trio.current_time()`` of the last traffic either way (to within a second)."""
-        return self._touched
-
-    def update_tap(self) -> None:
-        self.session.tap = self.observers.line_tap(self)
-
-    def kick(self, reason: str) -> None:
-        """End the session now: the client reads ``* BYE [UNAVAILABLE] reason``, the
-        upstream connection is closed (FIN, no command in the middle of its stream)."""
-        if self._kicked is not None or self.close_reason != "unknown":
-            return
-        text = " ".join(reason.split()).encode("ascii", "replace")[:200] or b"Session ended"
-        self._kicked = b"* BYE [UNAVAILABLE] " + text + b"\r\n"
-        self.close_reason = "kicked: " + text.decode()
-        self.ctx.telemetry.session_kicked()
-        self._idle_scope.cancel()

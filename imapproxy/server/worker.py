@@ -147,7 +147,7 @@ def serve_worker(cfg: Config, reload: Callable[[], Config] | None, fd: int) -> i
         from imapproxy.telemetry.metrics import Metrics
 
         metrics = Metrics(process_metrics=False)
-    proxy = WorkerProxy(cfg, Telemetry(metrics), reload_config=reload, link=link)
+    proxy: WorkerProxy
 
     async def main() -> None:
         async with trio.open_nursery() as outer:
@@ -160,6 +160,8 @@ def serve_worker(cfg: Config, reload: Callable[[], Config] | None, fd: int) -> i
 
     failed = False
     try:
+        # Inside the try: unusable certificates (TLSSetupError) are reported like a busy port.
+        proxy = WorkerProxy(cfg, Telemetry(metrics), reload_config=reload, link=link)
         trio.run(main)
     except* OSError as group:
         failed = True

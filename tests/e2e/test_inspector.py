@@ -563,7 +563,7 @@ rules: [{{name: t, action: trace}}]
         )
     )
     running, _ = await _start(proxy_factory, tmp_path, cfg)
-    assert running.proxy._policy is None
+    assert running.proxy.runtime.policy is None
 
 
 async def test_sessions_watch_redraws_and_kick_by_session_or_client(

@@ -229,7 +229,7 @@ async def test_flood_behind_a_held_command_is_bounded_by_backpressure(
                     sent += c.sock.send(noops)
             except TimeoutError:
                 pass
-            backlogs = [_queued(d.session) for d in proxy.proxy._drivers]
+            backlogs = [_queued(d.session) for d in proxy.proxy.sessions.drivers]
             assert max(backlogs) <= 65536 + 70000, backlogs
             return sent
 

@@ -241,7 +241,7 @@ async def test_reload_applies_to_open_session_and_bad_file_keeps_old_rules(
     path = tmp_path / "live.yaml"
     path.write_text(f'upstream: {{address: "{dovecot.host}:{dovecot.port}"}}\n')
     proxy = await proxy_factory(load_config(path))
-    proxy.proxy._reload_config = lambda: load_config(path)  # what SIGHUP calls (cli.reloader)
+    proxy.proxy.reload_config = lambda: load_config(path)  # what SIGHUP calls (cli.reloader)
     a = new_account(dovecot)
     c = await trio.to_thread.run_sync(RawIMAP, proxy.address)
     try:

@@ -1,0 +1,48 @@
+"""How a session ends other than by EOF, and the ``* BYE`` line the client hears then.
+
+Glossary: a driver's *BYE* (``SessionDriver.send_bye``) is the last line the client gets,
+queued after whatever is already queued for it; a client that is gone is no error.
+
+- shutdown (``server.shutdown``): ``SHUTDOWN_BYE`` once the grace period is over;
+- idle: ``IDLE_BYE`` after ``limits.idle_timeout`` without traffic either way;
+- no login within ``limits.auth_timeout``: ``AUTH_TIMEOUT_BYE`` (``auth_deadline``);
+- an administrator's kick (the inspector): ``* BYE [UNAVAILABLE]`` and ``kick_text(reason)``;
+- the upstream leg cannot be opened: see ``server.upstream_leg``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from imapproxy.server.driver import SessionDriver
+
+__all__ = ["AUTH_TIMEOUT_BYE", "IDLE_BYE", "SHUTDOWN_BYE", "SessionOver", "auth_deadline"]
+
+SHUTDOWN_BYE = b"* BYE [UNAVAILABLE] Proxy shutting down\r\n"
+IDLE_BYE = b"* BYE Idle timeout\r\n"
+AUTH_TIMEOUT_BYE = b"* BYE Authentication timeout\r\n"
+
+
+class SessionOver(Exception):
+    """Raised in a pump (or a deadline task) when the session is over: the session's
+    nursery then cancels the other tasks. ``close_reason`` is set before."""
+
+
+async def auth_deadline(driver: SessionDriver) -> None:
+    """``limits.auth_timeout``: a session not logged in by then is told so and closed."""
+    await trio.sleep(driver.ctx.auth_timeout)
+    if driver.session.user is not None:
+        return
+    if driver.ctx.guard is not None:
+        driver.ctx.guard.hit("auth_timeout")
+    driver.close_reason = "auth timeout"
+    await driver.send_bye(AUTH_TIMEOUT_BYE, 2)
+    raise SessionOver
+
+
+def kick_text(reason: str) -> bytes:
+    """What a kick's BYE says: ``reason`` on one line of at most 200 ASCII characters."""
+    return " ".join(reason.split()).encode("ascii", "replace")[:200] or b"Session ended"
