@@ -221,7 +221,15 @@ def test_no_full_log_without_a_full_command_in_flight() -> None:
 
 @pytest.mark.parametrize(
     ("rule", "code"),
-    [("ro.archive_1-x", b"ro.archive_1-x"), ("no deletes", b"POLICY"), ("rule!", b"POLICY")],
+    [
+        ("ro.archive_1-x", b"ro.archive_1-x"),
+        ("rule!", b"rule!"),  # "!" is an ATOM-CHAR (RFC 9051, wire/grammar.ATOM)
+        ("no deletes", b"POLICY"),
+        ("rule]", b"POLICY"),  # "]" would end the code early
+        ("r*", b"POLICY"),
+        ("r{1}", b"POLICY"),
+        ("Entw\u00fcrfe", b"POLICY"),  # atoms in response codes are ASCII
+    ],
 )
 def test_rule_name_is_the_response_code_only_when_it_is_an_atom(rule: str, code: bytes) -> None:
     pb = policy_playbook(FakePolicy(blocks={"DELETE": (rule, "nope")}))
