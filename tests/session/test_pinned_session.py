@@ -236,15 +236,16 @@ def test_blocked_sasl_ir_login_notes() -> None:
     assert pb.up == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8: a LOGIN blocked by a rule reports LoginDone(user=None): _apply_verdict "
-    "reads cmd.user, which LOGIN only sets in _end_command (never reached when blocked), "
-    "although _facts_for judged it by the user it names",
-)
-def test_blocked_login_notes_name_the_user() -> None:
-    pb = policy_playbook(FakePolicy(decider=no_mallory))
-    pb.c(b"a LOGIN mallory " + PASSWORD + b"\r\n")
+@pytest.mark.parametrize("held", [False, True], ids=["judged-on-its-line", "held-for-its-literals"])
+def test_blocked_login_notes_name_the_user(held: bool) -> None:
+    needs = frozenset({"LOGIN"}) if held else frozenset()
+    pb = policy_playbook(FakePolicy(decider=no_mallory, needs=needs))
+    if held:
+        assert down(pb.c(b"a LOGIN {7}\r\n")) == b"+ Ready for literal data\r\n"
+        pb.c(b"mallory " + PASSWORD + b"\r\n")
+    else:
+        pb.c(b"a LOGIN mallory " + PASSWORD + b"\r\n")
+    assert pb.down.endswith(b"a NO [no-mallory] Go away\r\n") and pb.up == b""
     assert [n for n in pb.notes if not isinstance(n, CommandDone)] == [
         RuleHit("no-mallory", "block"),
         CommandBlocked("no-mallory", "LOGIN"),
