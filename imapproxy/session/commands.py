@@ -115,7 +115,7 @@ class ClientCommands:
             cmd.capture = [ev.raw]
         if policy is not None:
             verdict = policy.decide(s.facts_for(cmd, ev.raw), name, ev.raw, ev.literal is None)
-            if self._apply_verdict(cmd, verdict, ev.literal):
+            if self._apply_verdict(cmd, verdict, ev.literal, ev.raw):
                 return
             raw = verdict.rewritten if verdict.rewritten is not None else ev.raw
         else:
@@ -249,7 +249,7 @@ class ClientCommands:
             cmd.capture = [raw]
         verdict = policy.decide(s.facts_for(cmd, raw), cmd.name, raw, complete)
         last_literal = literal_at_end(raw) if not complete else None
-        if self._apply_verdict(cmd, verdict, last_literal):
+        if self._apply_verdict(cmd, verdict, last_literal, raw):
             return
         if verdict.rewritten is not None:
             raw = verdict.rewritten
@@ -272,15 +272,24 @@ class ClientCommands:
             self.end_command()
 
     def _apply_verdict(
-        self, cmd: InFlightCommand, verdict: VerdictLike, literal: LiteralHeader | None
+        self,
+        cmd: InFlightCommand,
+        verdict: VerdictLike,
+        literal: LiteralHeader | None,
+        raw: bytes,
     ) -> bool:
-        """Record a verdict; True when it blocked the command (already answered)."""
+        """Record a verdict on ``raw`` (what was decided on); True when it blocked the
+        command (already answered)."""
         notes = self.session.out.notes
         for rule, action in verdict.matched:
             notes.append(RuleHit(rule, action))
         cmd.log = verdict.log
         if verdict.block is None:
             return False
+        if cmd.name == "LOGIN" and cmd.user is None:
+            # A blocked LOGIN never reaches end_command (where its user is read): its note
+            # names the user it was judged by (Session.facts_for).
+            cmd.user = login_user(raw)
         self._refuse(cmd, literal, block_answer(notes, cmd, verdict.block))
         return True
 

@@ -79,10 +79,12 @@ class ServerResponses:
             raw = s.caps.response_code(raw)
         elif word == "CAPABILITY":
             raw = s.caps.untagged(raw)
-        elif word == "OK" and b"[CAPABILITY" in raw[:20].upper():
-            raw = s.caps.response_code(raw)
-        elif word == "BYE":
-            login.server_bye = True
+        elif word in _STATUS_WORDS:
+            # A [CAPABILITY ...] code may come with any status (RFC 9051 resp-text-code).
+            if b"[CAPABILITY" in raw[:20].upper():
+                raw = s.caps.response_code(raw)
+            if word == "BYE":
+                login.server_bye = True
         elif word == "ENABLED" and not s.utf8:
             s.utf8 = _enables_utf8(raw) and any(
                 c.name == "ENABLE" for c in s.inflight.pending.values()
@@ -143,7 +145,7 @@ class ServerResponses:
         status = ev.word
         raw = ev.raw
         code = response_code(raw)
-        if status == "OK" and code == "CAPABILITY":
+        if code == "CAPABILITY":  # in a NO/BAD too (a failed LOGIN's fresh capabilities)
             raw = s.caps.response_code(raw)
         if cmd is not None:
             self._outcome(cmd, status)

@@ -13,6 +13,7 @@ import pytest
 
 from imapproxy.session.core import MAX_CONSECUTIVE_BAD, Session, SessionSettings
 from imapproxy.session.output import CommandDone, Output, ProtocolIssue, ResponseLogged
+from imapproxy.session.settings import SessionFacts
 from tests.session.test_session import FakePolicy, Recorder, Verdict, down, policy_playbook, up
 
 
@@ -221,7 +222,15 @@ def test_no_full_log_without_a_full_command_in_flight() -> None:
 
 @pytest.mark.parametrize(
     ("rule", "code"),
-    [("ro.archive_1-x", b"ro.archive_1-x"), ("no deletes", b"POLICY"), ("rule!", b"POLICY")],
+    [
+        ("ro.archive_1-x", b"ro.archive_1-x"),
+        ("rule!", b"rule!"),  # "!" is an ATOM-CHAR (RFC 9051, wire/grammar.ATOM)
+        ("no deletes", b"POLICY"),
+        ("rule]", b"POLICY"),  # "]" would end the code early
+        ("r*", b"POLICY"),
+        ("r{1}", b"POLICY"),
+        ("Entw\u00fcrfe", b"POLICY"),  # atoms in response codes are ASCII
+    ],
 )
 def test_rule_name_is_the_response_code_only_when_it_is_an_atom(rule: str, code: bytes) -> None:
     pb = policy_playbook(FakePolicy(blocks={"DELETE": (rule, "nope")}))
@@ -237,16 +246,19 @@ def test_outputs_are_fresh_per_call() -> None:
     assert up(Output()) == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 (mutation run): _on_tagged filters a [CAPABILITY ...] code only in a tagged "
-    "OK; one in a tagged NO/BAD reaches the client unfiltered (STARTTLS, COMPRESS=...)",
-)
-def test_capability_code_in_a_tagged_no_is_filtered() -> None:
+@pytest.mark.parametrize("status", [b"NO", b"BAD"])
+def test_capability_code_in_a_tagged_no_is_filtered(status: bytes) -> None:
     pb = greeted()
     pb.c(b"a LOGIN bob pw\r\n")
-    out = pb.s(b"a NO [CAPABILITY IMAP4rev1 STARTTLS COMPRESS=DEFLATE] Try again\r\n")
-    assert down(out) == b"a NO [CAPABILITY IMAP4rev1] Try again\r\n"
+    out = pb.s(b"a %s [CAPABILITY IMAP4rev1 STARTTLS COMPRESS=DEFLATE] Try again\r\n" % status)
+    assert down(out) == b"a %s [CAPABILITY IMAP4rev1] Try again\r\n" % status
+
+
+@pytest.mark.parametrize("status", [b"NO", b"BAD", b"BYE"])
+def test_capability_code_in_an_untagged_status_is_filtered(status: bytes) -> None:
+    pb = greeted()
+    out = pb.s(b"* %s [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] hmm\r\n" % status)
+    assert down(out) == b"* %s [CAPABILITY IMAP4rev1] hmm\r\n" % status
 
 
 @pytest.mark.parametrize(
@@ -315,9 +327,9 @@ def test_facts_follow_the_user_and_the_selected_mailbox() -> None:
     pb.c(b"c FETCH 1 FLAGS\r\n")
     ip = ipaddress.ip_address("192.0.2.7")
     assert [d[:2] for d in policy.decisions] == [
-        ((ip, "bob", None), "LOGIN"),  # judged by the user it names
-        ((ip, "bob", None), "SELECT"),
-        ((ip, "bob", "INBOX"), "FETCH"),
+        (SessionFacts(ip, "bob", None), "LOGIN"),  # judged by the user it names
+        (SessionFacts(ip, "bob", None), "SELECT"),
+        (SessionFacts(ip, "bob", "INBOX"), "FETCH"),
     ]
 
 
@@ -334,6 +346,6 @@ def test_login_and_authenticate_facts_keep_the_selected_mailbox() -> None:
     pb.c(b"b LOGIN dave pw\r\n")
     ip = ipaddress.ip_address("192.0.2.7")
     assert [d[:2] for d in policy.decisions[1:]] == [
-        ((ip, "carol", "INBOX"), "AUTHENTICATE"),
-        ((ip, "dave", "INBOX"), "LOGIN"),
+        (SessionFacts(ip, "carol", "INBOX"), "AUTHENTICATE"),
+        (SessionFacts(ip, "dave", "INBOX"), "LOGIN"),
     ]

@@ -30,7 +30,7 @@ from imapproxy.wire import (
 )
 from imapproxy.wire import client as client_module
 from imapproxy.wire import server as server_module
-from imapproxy.wire.framing import LineTooLong
+from imapproxy.wire.grammar import LITERAL_TAIL
 from imapproxy.wire.literals import as_sync, split_at_literals
 from imapproxy.wire.sasl import login_user, sasl_user
 from imapproxy.wire.tokens import (
@@ -198,8 +198,11 @@ def test_refused_confirmed_literal_leaves_nothing_silent() -> None:
     assert parser.silent_continuation
     assert parser.command_finished(b"a")  # NO [TRYCREATE] instead of "+"
     assert not parser.silent_continuation and not parser.paused
-    events, _ = feed(parser, b"abc NOOP\r\nb IDLE\r\n")  # the payload was a command after all
-    assert [e.tag for e in events if isinstance(e, Command)] == [b"abc", b"b"]
+    # The client sent the payload anyway (it expected no "+"): those 3 bytes and the rest of
+    # the command line are dropped, never parsed as a command (issue 8); what follows is.
+    events, _ = feed(parser, b"abc NOOP\r\nb IDLE\r\n")
+    assert [e.tag for e in events if isinstance(e, Command)] == [b"b"]
+    assert not any(isinstance(e, LiteralData) for e in events)
     assert parser.paused and not parser.silent_continuation
 
 
@@ -292,16 +295,23 @@ def test_client_default_cap_boundary() -> None:
     assert len(line) == cap
     events, _ = feed(ClientParser(), line)
     assert [type(e) for e in events] == [Command]
-    parser = ClientParser()
-    parser.receive_data(line[:-2] + b"1\r\n")
-    with pytest.raises(LineTooLong):
-        parser.next_event()
+    assert not events[0].partial
+    # One byte more: the line streams in pieces (issue 8), the last one keeping the line's
+    # tail (where a literal would be announced) whole; no byte is lost or added.
+    longer = line[:-2] + b"1\r\n"
+    events, _ = feed(ClientParser(), longer)
+    assert [(type(e), e.partial) for e in events] == [(Command, True), (CommandPart, False)]
+    assert len(events[1].raw) == LITERAL_TAIL
+    assert b"".join(e.raw for e in events) == longer
     parser = ClientParser()  # no line end yet: the cap applies to what is buffered
-    parser.receive_data(b"a" * cap)
+    unended = b"a SEARCH " + b"1" * (cap - 9)
+    parser.receive_data(unended)
     assert parser.next_event() is NEED_DATA
-    parser.receive_data(b"a")
-    with pytest.raises(LineTooLong):
-        parser.next_event()
+    parser.receive_data(b"1")
+    event = parser.next_event()
+    assert isinstance(event, Command) and event.partial
+    assert event.raw == (unended + b"1")[: cap + 1 - LITERAL_TAIL]
+    assert parser.next_event() is NEED_DATA
 
 
 def test_server_default_cap_splits_only_past_the_cap() -> None:
@@ -542,7 +552,11 @@ def test_server_eof_in_the_middle_of_a_response_reason() -> None:
 
 
 def test_eight_bit_command_names_never_raise_past_token_error() -> None:
-    assert parse_command(b"a N\xc4OP\r\n").name == "N\ufffdOP"
+    # Command names are ASCII atoms (wire/grammar.py), as the client parser reads them: an
+    # 8-bit name is a TokenError, never a UnicodeDecodeError from decoding it.
+    assert parse_command(b"a NOOP\r\n").name == "NOOP"
+    with pytest.raises(TokenError, match="malformed tag or command name"):
+        parse_command(b"a N\xc4OP\r\n")
     with pytest.raises(TokenError):
         parse_command(b"a UID F\xc4TCH 1\r\n")
 
