@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         "--custom",
         action="append",
         metavar="NAME=COMMAND",
-        help="an extra relay target, e.g. another checkout: 'branch=env PYTHONPATH=../b "
+        help="an extra relay target, e.g. another checkout: 'branch=env -C ../b "
         "python3 -m imapproxy --listen {listen} --upstream {upstream} --metrics off'",
     )
     p.add_argument("--rounds", type=int, help="interleaved rounds per mode")
