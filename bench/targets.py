@@ -493,8 +493,9 @@ class Lab:
     def _start_custom(self, name: str, template: str, up: tuple[str, int]) -> Target:
         """Any relay given as a command line with {listen} and {upstream} placeholders, e.g.
         another checkout: ``env -C /path/to/branch python3 -m imapproxy --listen {listen}
-        --upstream {upstream} --metrics off`` (run through /bin/sh, stopped with SIGINT). ``env -C``,
-        not PYTHONPATH: ``-m`` puts the current directory (this repo) first on sys.path."""
+        --upstream {upstream} --metrics off`` (run through /bin/sh, stopped with SIGINT).
+        ``env -C``, not PYTHONPATH: ``-m`` puts the current directory (this repo) first on
+        sys.path."""
         port = free_port()
         cmd = template.format(listen=f"127.0.0.1:{port}", upstream=f"{up[0]}:{up[1]}")
         err = open(self.workdir / f"custom-{len(self._procs)}.log", "wb")  # noqa: SIM115
