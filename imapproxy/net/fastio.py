@@ -31,7 +31,6 @@ number is soon reused by another connection).
 from __future__ import annotations
 
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -60,9 +59,11 @@ class Sender:
         self._lock = trio.StrictFIFOLock()  # held by the task draining the queue
         # Bytes not yet handed to the kernel (or the TLS stream), oldest first; the head
         # stays queued until it is written in full, so nothing can be sent ahead of it.
-        self._pending: deque[bytes | memoryview] = deque()
+        # A list, not a deque: it is almost always empty, and an empty deque costs 600 bytes
+        # per side per session; pop(0) on the few entries it ever holds is as cheap.
+        self._pending: list[bytes | memoryview] = []
         self._held_back: list[bytes] | None = None  # enqueued during an upgrade
-        self._released = trio.Event()
+        self._released: trio.Event | None = None  # made by hold(): rare, and 350 bytes
         self._broken: str | None = None  # why the stream failed (enqueue never raises)
         self._background = False  # a flush_soon task is on its way
         self._raw = _raw_socket(stream)
@@ -109,6 +110,7 @@ class Sender:
             if not self._pending and self._held_back is None:
                 return
             if self._held_back is not None and not self._pending:
+                assert self._released is not None  # hold() made it
                 await self._released.wait()  # the upgrade moves them to the queue
                 continue
             async with self._lock:
@@ -150,7 +152,8 @@ class Sender:
             self._raw = _raw_socket(stream)
             self._pending.extend(self._held_back)
             self._held_back = None
-            self._released.set()
+            if self._released is not None:
+                self._released.set()
         return stream
 
     def hold(self) -> None:
@@ -172,7 +175,7 @@ class Sender:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self._broken = str(exc) or type(exc).__name__
                     break
-                pending.popleft()
+                pending.pop(0)
                 continue
             try:
                 sent = raw.send(chunk)
@@ -182,7 +185,7 @@ class Sender:
                 self._broken = str(exc)
                 break
             if sent == len(chunk):
-                pending.popleft()
+                pending.pop(0)
                 continue
             if sent:
                 pending[0] = memoryview(chunk)[sent:]
@@ -195,7 +198,8 @@ class Sender:
         """Drop what is queued and let go of the descriptor (before the stream is closed)."""
         self._pending.clear()
         self._held_back = None
-        self._released.set()
+        if self._released is not None:
+            self._released.set()
         self._broken = self._broken or "closed"
         self._detach()
 

@@ -25,8 +25,6 @@ mid-way) drops them and lets the queue move.
 
 from __future__ import annotations
 
-from collections import deque
-
 from imapproxy.wire import LiteralHeader
 from imapproxy.wire.grammar import SPACED_LITERAL_AT_END_RE
 from imapproxy.wire.tokens import TokenError, parse_command
@@ -73,7 +71,7 @@ class ReleaseQueue:
     __slots__ = ("behind", "queued_bytes", "waiting", "waiting_tag")
 
     def __init__(self) -> None:
-        self.waiting: deque[bytes] = deque()
+        self.waiting: list[bytes] = []  # a list: almost always empty (no 600-byte deque)
         self.waiting_tag = b""  # the tag of the command whose segments wait
         self.behind: list[_Queued] = []
         self.queued_bytes = 0
@@ -97,7 +95,7 @@ class ReleaseQueue:
 
     def continuation(self, to_upstream: list[bytes]) -> None:
         """The upstream's ``+`` while segments wait: send the next one (``+`` consumed)."""
-        to_upstream.append(self.waiting.popleft())
+        to_upstream.append(self.waiting.pop(0))
         if not self.waiting:
             self._flush(to_upstream)
 

@@ -16,8 +16,6 @@ the duplicate-tag check (a tag is in flight until the client has its answer).
 
 from __future__ import annotations
 
-from collections import deque
-
 from imapproxy.session.output import CommandDone
 
 
@@ -84,7 +82,7 @@ class InFlight:
         self.pending: dict[bytes, InFlightCommand] = {}
         self.seq = 0  # commands forwarded so far
         # (last forwarded seq it waits for, tag, line); the tags counted in _queued_tags.
-        self._queue: deque[tuple[int, bytes, bytes]] = deque()
+        self._queue: list[tuple[int, bytes, bytes]] = []  # a list: almost always empty
         self._queued_tags: dict[bytes, int] = {}
         self.queued_bytes = 0
 
@@ -122,7 +120,7 @@ class InFlight:
         oldest = self.oldest()
         tags = self._queued_tags
         while queue and queue[0][0] < oldest:
-            _, tag, line = queue.popleft()
+            _, tag, line = queue.pop(0)
             left = tags[tag] - 1
             if left:
                 tags[tag] = left
