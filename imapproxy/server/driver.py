@@ -86,6 +86,9 @@ class SessionDriver(ObservedDriver):
         self.listener = ctx.listener
         self.observers = ctx.observers or Observers([MetricsObserver(ctx.telemetry), SessionLog()])
         self._kicked: bytes | None = None  # the BYE line of an administrator's kick
+        # The auth deadline's scope while it waits: cancelled once the session has a user, so
+        # a logged-in session does not keep a sleeping task (and its memory) for auth_timeout.
+        self.auth_scope: trio.CancelScope | None = None
         self._to_client = Sender(client)
         self._from_client = Receiver(client)
         self._from_upstream: Receiver | None = None
@@ -277,6 +280,9 @@ class SessionDriver(ObservedDriver):
 
     def _observe(self, out: Output) -> None:
         self.observers.notes(self, out.notes)
+        if self.auth_scope is not None and self.session.user is not None:
+            self.auth_scope.cancel()  # logged in: the deadline is over
+            self.auth_scope = None
         guard = self.ctx.guard
         if guard is not None:  # the abuse limits learn from the same observations
             for note in out.notes:

@@ -33,8 +33,11 @@ class SessionOver(Exception):
 
 async def auth_deadline(driver: SessionDriver) -> None:
     """``limits.auth_timeout``: a session not logged in by then is told so and closed."""
-    await trio.sleep(driver.ctx.auth_timeout)
-    if driver.session.user is not None:
+    with trio.CancelScope() as scope:
+        driver.auth_scope = scope  # the driver cancels it at login
+        await trio.sleep(driver.ctx.auth_timeout)
+    driver.auth_scope = None
+    if scope.cancelled_caught or driver.session.user is not None:
         return
     if driver.ctx.guard is not None:
         driver.ctx.guard.hit("auth_timeout")
