@@ -41,6 +41,7 @@ from imapproxy.wire.tokens import (
     parse_command,
     tokenize,
 )
+from tests.wire.test_client_parser import NO_ARGUMENTS
 
 
 def drain(parser: ClientParser | ServerParser) -> tuple[list[object], object]:
@@ -130,21 +131,6 @@ def test_literal_after_a_space_on_a_continuation_line_is_read() -> None:
     events, state = feed(parser, b"bob {2}\r\n")
     assert events[-1] == CommandPart(b" {2}\r\n", LiteralHeader(2, True, False))
     assert state is PAUSED
-
-
-NO_ARGUMENTS = [
-    "CAPABILITY",
-    "CHECK",
-    "CLOSE",
-    "EXPUNGE",
-    "IDLE",
-    "LOGOUT",
-    "NAMESPACE",
-    "NOOP",
-    "STARTTLS",
-    "UNAUTHENTICATE",
-    "UNSELECT",
-]
 
 
 @pytest.mark.parametrize("name", NO_ARGUMENTS)
