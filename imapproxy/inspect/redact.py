@@ -15,7 +15,7 @@ tokenised everything after the command name is hidden. The rule for doubt is "hi
 
 from __future__ import annotations
 
-from imapproxy.wire.literals import TRAILING_LITERAL
+from imapproxy.wire.grammar import SPACED_LITERAL_AT_END_RE
 from imapproxy.wire.tokens import TokenError, tokenize
 
 HIDDEN = b"***"
@@ -49,7 +49,7 @@ class LoginRedactor:
         return self._redact(raw, 0)
 
     def _redact(self, raw: bytes, start: int) -> tuple[bytes, bool]:
-        announced = TRAILING_LITERAL.search(raw)
+        announced = SPACED_LITERAL_AT_END_RE.search(raw)
         end = announced.start() if announced is not None else len(raw)
         if self._broken:
             return raw[:start] + b" " + HIDDEN, True

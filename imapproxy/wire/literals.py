@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import re
 
-from . import grammar
 from .framing import literal_at_end
 
 _NONSYNC_END = re.compile(rb"\+\}(\r?\n)\Z")
-# The announcement a line ends with, with the space before it: stripped to see the
-# arguments that come before a literal (APPEND's mailbox before its message). Kept under
-# this name for the session, which imports it from here.
-TRAILING_LITERAL = grammar.SPACED_LITERAL_AT_END_RE
 
 
 def split_at_literals(raw: bytes, *, confirm: bool) -> list[bytes]:
