@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -34,15 +35,38 @@ class Reply:
 class Conn:
     __slots__ = ("_buf", "_n", "_pos", "_rbuf", "_rmv", "_sink", "sock")
 
-    def __init__(self, address: tuple[str, int], timeout: float = 30.0) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        timeout: float = 30.0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        recv_buffer: int = _RECV,
+    ) -> None:
+        """Connect; ``tls``: implicit TLS (handshake now, name ``localhost``).
+        ``recv_buffer``: small for the idle mode's thousands of connections."""
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock: socket.socket = sock
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(sock, server_hostname="localhost")
+            except BaseException:
+                sock.close()
+                raise
         self._buf = bytearray()
         self._pos = 0
         self._n = 0
-        self._rbuf = bytearray(_RECV)
+        self._rbuf = bytearray(recv_buffer)
         self._rmv = memoryview(self._rbuf)
-        self._sink = memoryview(bytearray(_SCRATCH))
+        self._sink: memoryview | None = None  # made at the first literal
+
+    def starttls(self, tls: ssl.SSLContext) -> None:
+        """After the greeting: STARTTLS, then the handshake (nothing may be buffered)."""
+        self.command(b"T", b"STARTTLS")
+        if len(self._buf) != self._pos:
+            raise IMAPError("data after the STARTTLS answer")
+        self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
 
     # -- reading ------------------------------------------------------------------------
     def _fill(self) -> None:
@@ -79,6 +103,8 @@ class Conn:
                 self._buf.clear()
                 self._pos = 0
         left = size - take
+        if self._sink is None:
+            self._sink = memoryview(bytearray(_SCRATCH))
         sink = self._sink
         recv_into = self.sock.recv_into
         while left:
@@ -160,10 +186,26 @@ class Conn:
 
 
 def open_session(
-    address: tuple[str, int], user: str, password: str, mailbox: str | None = "INBOX"
+    address: tuple[str, int],
+    user: str,
+    password: str,
+    mailbox: str | None = "INBOX",
+    *,
+    tls: ssl.SSLContext | None = None,
+    starttls: bool = False,
 ) -> Conn:
-    conn = Conn(address)
+    """A logged-in (and SELECTed) session; ``tls`` with ``starttls``: STARTTLS after the
+    greeting, ``tls`` alone: implicit TLS."""
+    conn = Conn(address, tls=None if starttls else tls)
     try:
+        if starttls:
+            assert tls is not None
+            conn.greeting()
+            conn.starttls(tls)
+            conn.command(b"L", b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+            if mailbox is not None:
+                conn.command(b"S", b'SELECT "%s"' % mailbox.encode())
+            return conn
         conn.login(user, password, mailbox)
     except BaseException:
         conn.close()

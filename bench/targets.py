@@ -7,19 +7,19 @@ then SIGKILL after a timeout); everything listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import random
-import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import relays
 from rawimap import open_session
 
 from imapproxy.demo.dovecot import Dovecot
@@ -146,164 +146,14 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> No
         proc.wait(timeout=10.0)
 
 
-def raise_nofile(want: int = 65536) -> int:
-    """Raise RLIMIT_NOFILE (inherited by the children we start); returns the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for target in (want, hard):
-        try:
-            new_hard = max(hard, target) if hard != resource.RLIM_INFINITY else hard
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, new_hard))
-            return target
-        except (ValueError, OSError):
-            continue
-    return soft
-
-
-@dataclass
-class Memory:
-    rss_kib: int
-    pss_kib: int | None
-
-
-def memory(pid: int) -> Memory:
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-                break
-    pss = None
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1])
-                break
-    return Memory(rss, pss)
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process, all threads, with ns resolution (the process CPU
-    clock); /proc/PID/stat's 10 ms ticks are too coarse for a 0.2 s bulk trial."""
-    clock = ctypes.c_int()
-    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:
-        with contextlib.suppress(OSError):
-            return time.clock_gettime(clock.value)
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_snapshot() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, CPU ticks incl. reaped children) for every process."""
-    stats: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        stats[int(entry.name)] = (int(fields[1]), ticks)
-    return stats
-
-
-def tree_ticks(stats: dict[int, tuple[int, int]], root: int) -> int:
-    """CPU ticks of ``root`` and all its descendants (dead ones through cutime/cstime)."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            total += stats[pid][1]
-        todo.extend(children.get(pid, ()))
-    return total
-
-
-TICK = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) ticks over all CPUs, from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-    total = sum(v[:8])  # guest time is already inside user
-    return total - idle, total
-
-
-class Probe:
-    """CPU accounting around one trial.
-
-    * ``relay_cpu``: the relay process (all threads), per second of trial and per unit;
-    * ``dovecot_cpu``: Dovecot's whole process tree (is the server the bottleneck?);
-    * ``client_cpu``: this process;
-    * ``foreign_cpu``: share of all CPUs used by processes outside this benchmark's tree
-      (these boxes have 2 cores, shared with whatever else runs, e.g. others' test suites).
-    """
-
-    def __init__(self, relay_pid: int | None, dovecot_pid: int | None) -> None:
-        self.relay_pid = relay_pid
-        self.dovecot_pid = dovecot_pid
-        snap = proc_snapshot()
-        self.busy0, self.total0 = machine_ticks()
-        self.ours0 = tree_ticks(snap, os.getpid())
-        self.dovecot0 = tree_ticks(snap, dovecot_pid) if dovecot_pid else 0
-        self.relay0 = cpu_seconds(relay_pid) if relay_pid else 0.0
-        self.client0 = time.process_time()
-        self.t0 = time.perf_counter()
-
-    def finish(self, units: float, extra: dict[str, float]) -> float:
-        """Record the figures into ``extra``; return the elapsed seconds."""
-        elapsed = time.perf_counter() - self.t0
-        client = time.process_time() - self.client0
-        relay = cpu_seconds(self.relay_pid) - self.relay0 if self.relay_pid else None
-        snap = proc_snapshot()
-        busy, total = machine_ticks()
-        ours = tree_ticks(snap, os.getpid())
-        extra["seconds"] = elapsed
-        extra["client_cpu"] = client / elapsed
-        if relay is not None:
-            extra["proxy_cpu"] = relay / elapsed
-            if units:
-                extra["relay_cpu_us_per_unit"] = relay * 1e6 / units
-        if self.dovecot_pid:
-            dovecot = (tree_ticks(snap, self.dovecot_pid) - self.dovecot0) * TICK
-            extra["dovecot_cpu"] = dovecot / elapsed
-        dt = total - self.total0
-        foreign = (busy - self.busy0) - (ours - self.ours0)
-        extra["foreign_cpu"] = max(0.0, foreign / dt) if dt > 0 else 0.0
-        return elapsed
-
-
-class Contention:
-    """Share of all CPUs used by processes outside this benchmark's tree since creation."""
-
-    def __init__(self) -> None:
-        self.busy0, self.total0 = machine_ticks()
-        self.ours0 = tree_ticks(proc_snapshot(), os.getpid())
-
-    def foreign(self) -> float:
-        busy, total = machine_ticks()
-        ours = tree_ticks(proc_snapshot(), os.getpid())
-        dt = total - self.total0
-        if dt <= 0:
-            return 0.0
-        return max(0.0, (busy - self.busy0) - (ours - self.ours0)) / dt
-
-
 @dataclass
 class Target:
     name: str
     address: tuple[str, int]
     proc: subprocess.Popen[bytes] | None = None  # None: Dovecot itself (direct)
     notes: dict[str, object] = field(default_factory=dict)
+    client_tls: str | None = None  # "implicit" | "starttls": the client leg speaks TLS
+    tree: bool = False  # measure the relay's whole process tree (a parent and its workers)
 
     @property
     def pid(self) -> int | None:
@@ -312,8 +162,8 @@ class Target:
     def stop(self) -> None:
         if self.proc is not None:
             # SIGINT for imapproxy: a clean exit lets a cProfile wrapper write its file.
-            sig = signal.SIGTERM if self.name in ("haproxy", "trio-relay") else signal.SIGINT
-            stop_process(self.proc, sig)
+            haproxy = self.name.startswith("haproxy") or self.name == "trio-relay"
+            stop_process(self.proc, signal.SIGTERM if haproxy else signal.SIGINT)
 
 
 @dataclass
@@ -327,8 +177,31 @@ class Mailbox:
     small: bytes
 
 
+def dovecot_extra(idle_sessions: int) -> str:
+    """DOVECOT_EXTRA, plus room for ``idle_sessions`` logged-in sessions when that is more
+    than the launcher's one-imap-process-per-session layout holds: imap processes then serve
+    up to 1,000 sessions each (``client_limit``), so 10,000 sessions are ~10 processes, not
+    10,000. Only then: with client_limit > 1 concurrent sessions may share one imap process,
+    which would change what the other modes measure."""
+    if idle_sessions <= 1500:
+        return DOVECOT_EXTRA
+    per_process = 1000
+    procs = idle_sessions // per_process + 8
+    return DOVECOT_EXTRA + (
+        f"mail_max_userip_connections = {idle_sessions * 2}\n"
+        "service imap {\n"
+        f"  client_limit = {per_process}\n"
+        f"  process_limit = {procs}\n"
+        "  vsz_limit = 2G\n"
+        "}\n"
+        "service imap-login {\n"
+        f"  process_limit = {procs}\n"
+        "}\n"
+    )
+
+
 class Lab:
-    """Dovecot + haproxy + imapproxy (+ imapproxy with metrics), all on loopback."""
+    """Dovecot and the relays in front of it (see ``relays.RELAYS``), all on loopback."""
 
     def __init__(
         self,
@@ -338,17 +211,25 @@ class Lab:
         profile: str | None,
         haproxy_threads: int | None,
         custom: dict[str, str] | None = None,
+        idle_sessions: int = 1000,
     ) -> None:
         self.workdir = workdir
         self.metrics_target = metrics_target
         self.profile = profile
         self.haproxy_threads = haproxy_threads
         self.custom = dict(custom or {})
+        self.idle_sessions = idle_sessions
         self.dovecot: Dovecot | None = None
         self.targets: dict[str, Target] = {}
         self.mailbox: Mailbox | None = None
+        self.certs: relays.Certs | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
         self._recorders: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def max_sessions(self) -> int:
+        """What the relays are sized for: the idle sessions and some headroom."""
+        return max(5000, self.idle_sessions + 1000)
 
     # -- setup ------------------------------------------------------------------------
     def start(self, names: list[str]) -> None:
@@ -356,14 +237,15 @@ class Lab:
         assert self.dovecot is not None
         up = self.dovecot.address
         for name in names:
+            spec = relays.RELAYS.get(name)
             if name == "direct":
                 self.targets[name] = Target("direct", up)
-            elif name == "haproxy":
-                self.targets[name] = self._start_haproxy(up)
-            elif name == "imapproxy":
-                self.targets[name] = self._start_imapproxy(name, up, metrics=False)
-            elif name == "imapproxy+metrics":
-                self.targets[name] = self._start_imapproxy(name, up, metrics=True)
+            elif name in relays.SHARED_PROCESS:
+                self._start_shared(name, up)
+            elif spec is not None and spec.kind == "haproxy":
+                self.targets[name] = self._start_haproxy(name, spec, up)
+            elif spec is not None:
+                self.targets[name] = self._start_imapproxy(name, spec, up)
             elif name in ("trio-relay", "asyncio-relay"):
                 self.targets[name] = self._start_baseline(name, up)
             elif name in self.custom:
@@ -371,8 +253,22 @@ class Lab:
             else:
                 raise ValueError(f"unknown target {name!r}")
 
+    def client_context(self) -> ssl.SSLContext:
+        """What a client of the TLS targets trusts (the run's throwaway CA)."""
+        assert self.certs is not None
+        return self.certs.client_context()
+
+    def _certs(self) -> relays.Certs:
+        if self.certs is None:
+            self.certs = relays.make_certs(self.workdir)
+        return self.certs
+
     def _start_dovecot(self) -> None:
-        d = Dovecot(self.workdir / "dovecot", {USER: PASSWORD}, extra_config=DOVECOT_EXTRA)
+        d = Dovecot(
+            self.workdir / "dovecot",
+            {USER: PASSWORD},
+            extra_config=dovecot_extra(self.idle_sessions),
+        )
         bulk = big_message()
         small = small_message(0, SMALL_BODY_SIZE)
         d.start()
@@ -394,99 +290,81 @@ class Lab:
         small_seq = next(s for s, n in sizes.items() if n == len(small))
         self.mailbox = Mailbox(bulk_seq, small_seq, len(sizes), bulk, small)
 
-    def _start_haproxy(self, up: tuple[str, int]) -> Target:
-        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        if not os.access(binary, os.X_OK):
-            raise RuntimeError("haproxy not found (apt-get install -y haproxy)")
-        port = free_port()
-        nbthread = f"    nbthread {self.haproxy_threads}\n" if self.haproxy_threads else ""
-        cfg = self.workdir / "haproxy.cfg"
-        cfg.write_text(
-            "# generated by bench/targets.py: a plain TCP relay, no logging\n"
-            "global\n"
-            "    maxconn 5000\n"
-            f"{nbthread}"
-            "defaults\n"
-            "    mode tcp\n"
-            "    timeout connect 5s\n"
-            "    timeout client 1h\n"
-            "    timeout server 1h\n"
-            "frontend imap_in\n"
-            f"    bind 127.0.0.1:{port}\n"
-            "    default_backend dovecot\n"
-            "backend dovecot\n"
-            f"    server d1 {up[0]}:{up[1]}\n"
-        )
-        err = open(self.workdir / "haproxy.log", "wb")  # noqa: SIM115 - lives with the process
-        proc = subprocess.Popen(
-            [binary, "-db", "-f", str(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            start_new_session=True,
-        )
-        self._procs.append(proc)
-        wait_port(("127.0.0.1", port), proc, 15.0)
-        version = subprocess.run([binary, "-v"], capture_output=True, text=True).stdout
-        return Target(
-            "haproxy",
-            ("127.0.0.1", port),
-            proc,
-            {
-                "version": version.splitlines()[0] if version else "?",
-                "nbthread": self.haproxy_threads or "default (all CPUs)",
-            },
-        )
-
-    def _start_imapproxy(self, name: str, up: tuple[str, int], *, metrics: bool) -> Target:
-        port = free_port()
-        metrics_arg = f"127.0.0.1:{free_port()}" if metrics else "off"
-        argv = [sys.executable]
-        slug = name.replace("+", "_")
-        if self.profile == "cprofile":
-            script = Path(__file__).resolve().parent / "cprofile_proxy.py"
-            argv += [str(script), str(self.workdir / f"{slug}.pstats")]
-        else:
-            argv += ["-m", "imapproxy"]
-        # Every benchmark session comes from 127.0.0.1 as one user: the per-address and
-        # per-user abuse limits would turn most of them away.
-        config = self.workdir / f"{slug}.yaml"
-        config.write_text("limits: {max_sessions_per_ip: 0, max_sessions_per_user: 0}\n")
-        argv += [
-            "--config",
-            str(config),
-            "--control",
-            "off",
-            "--upstream",
-            f"{up[0]}:{up[1]}",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--metrics",
-            metrics_arg,
-            "--log-level",
-            "warning",
-        ]
-        err = open(self.workdir / f"{slug}.log", "wb")  # noqa: SIM115
+    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        err = open(self.workdir / log_name, "wb")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
         )
         self._procs.append(proc)
+        return proc
+
+    def _start_haproxy(self, name: str, spec: relays.Relay, up: tuple[str, int]) -> Target:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not os.access(binary, os.X_OK):
+            raise RuntimeError("haproxy not found (apt-get install -y haproxy)")
+        port = free_port()
+        threads = spec.threads or self.haproxy_threads
+        pem = self._certs().combined if spec.client_tls else None
+        cfg = self.workdir / f"{name}.cfg"
+        cfg.write_text(
+            relays.haproxy_config(port, up, threads=threads, maxconn=self.max_sessions, pem=pem)
+        )
+        proc = self._spawn([binary, "-db", "-f", str(cfg)], f"{name}.log")
+        wait_port(("127.0.0.1", port), proc, 15.0, greeting=pem is None)
+        version = subprocess.run([binary, "-v"], capture_output=True, text=True).stdout
+        notes: dict[str, object] = {
+            "version": version.splitlines()[0] if version else "?",
+            "nbthread": threads or "default (all CPUs)",
+        }
+        return Target(name, ("127.0.0.1", port), proc, notes, client_tls=spec.client_tls)
+
+    def _start_imapproxy(self, name: str, spec: relays.Relay, up: tuple[str, int]) -> Target:
+        port = free_port()
+        tls_port = free_port() if spec.client_tls else None
+        metrics_arg = f"127.0.0.1:{free_port()}" if spec.metrics else "off"
+        slug = name.replace("+", "_")
+        config = self.workdir / f"{slug}.yaml"
+        certs = self._certs() if spec.client_tls else None
+        config.write_text(
+            relays.imapproxy_config(max_sessions=self.max_sessions, tls_port=tls_port, certs=certs)
+        )
+        pstats = self.workdir / f"{slug}.pstats" if self.profile == "cprofile" else None
+        argv = relays.imapproxy_argv(
+            config=config,
+            up=up,
+            port=port,
+            metrics=metrics_arg,
+            workers=spec.workers,
+            pstats=pstats if spec.workers == 1 else None,
+        )
+        proc = self._spawn(argv, f"{slug}.log")
         wait_port(("127.0.0.1", port), proc, 30.0)
+        if tls_port is not None:
+            wait_port(("127.0.0.1", tls_port), proc, 30.0, greeting=False)
         self._start_recorder(proc.pid, slug)
-        return Target(name, ("127.0.0.1", port), proc, {"metrics": metrics_arg})
+        address = ("127.0.0.1", tls_port or port)
+        notes: dict[str, object] = {"metrics": metrics_arg, "workers": spec.workers}
+        target = Target(name, address, proc, notes, spec.client_tls, tree=spec.workers > 1)
+        target.notes["plain_port"] = port
+        return target
+
+    def _start_shared(self, name: str, up: tuple[str, int]) -> None:
+        """imapproxy-starttls: the plain port of the imapproxy-tls process."""
+        owner = relays.SHARED_PROCESS[name]
+        if owner not in self.targets:
+            self.targets[owner] = self._start_imapproxy(owner, relays.RELAYS[owner], up)
+        base = self.targets[owner]
+        port = base.notes["plain_port"]
+        assert isinstance(port, int)
+        self.targets[name] = Target(
+            name, ("127.0.0.1", port), base.proc, {"process of": owner}, "starttls"
+        )
 
     def _start_baseline(self, name: str, up: tuple[str, int]) -> Target:
         port = free_port()
         script = Path(__file__).resolve().parent / "baseline_relay.py"
-        err = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, str(script), name.split("-")[0], str(port), f"{up[0]}:{up[1]}"],
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            start_new_session=True,
-        )
-        self._procs.append(proc)
+        argv = [sys.executable, str(script), name.split("-")[0], str(port), f"{up[0]}:{up[1]}"]
+        proc = self._spawn(argv, f"{name}.log")
         wait_port(("127.0.0.1", port), proc, 30.0)
         return Target(name, ("127.0.0.1", port), proc)
 
@@ -498,78 +376,28 @@ class Lab:
         sys.path."""
         port = free_port()
         cmd = template.format(listen=f"127.0.0.1:{port}", upstream=f"{up[0]}:{up[1]}")
-        err = open(self.workdir / f"custom-{len(self._procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {cmd}"],
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            start_new_session=True,
-        )
-        self._procs.append(proc)
+        proc = self._spawn(["/bin/sh", "-c", f"exec {cmd}"], f"custom-{len(self._procs)}.log")
         wait_port(("127.0.0.1", port), proc, 30.0)
         self._start_recorder(proc.pid, name)
         return Target(name, ("127.0.0.1", port), proc, {"command": cmd})
 
     def _start_recorder(self, pid: int, slug: str) -> None:
-        if self.profile == "py-spy":
-            self._start_pyspy(pid, self.workdir / f"{slug}.pyspy.txt")
-        elif self.profile == "perf":
-            self._start_perf(pid, self.workdir / f"{slug}.perf.data")
-
-    def _start_perf(self, pid: int, out: Path) -> None:
-        """On-CPU samples only (cpu-clock), kernel and native frames: where the CPU goes
-        between the kernel, the interpreter and C extensions (Python frames are not named)."""
-        binary = shutil.which("perf")
+        if self.profile not in ("py-spy", "perf"):
+            return
+        tool = "py-spy" if self.profile == "py-spy" else "perf"
+        binary = shutil.which(tool)
         if binary is None:
-            raise RuntimeError("perf not found (apt-get install linux-perf)")
+            hint = "pip install py-spy" if tool == "py-spy" else "apt-get install linux-perf"
+            raise RuntimeError(f"{tool} not found ({hint}; not a project dependency)")
+        if tool == "py-spy":
+            out = self.workdir / f"{slug}.pyspy.txt"
+            argv = relays.pyspy_argv(binary, pid, out)
+        else:
+            out = self.workdir / f"{slug}.perf.data"
+            argv = relays.perf_argv(binary, pid, out)
         log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
         rec = subprocess.Popen(
-            [
-                binary,
-                "record",
-                "-e",
-                "cpu-clock",
-                "-F",
-                "999",
-                "-g",
-                "-p",
-                str(pid),
-                "-o",
-                str(out),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        self._recorders.append(rec)
-        time.sleep(0.5)
-
-    def _start_pyspy(self, pid: int, out: Path) -> None:
-        """Sample the proxy (collapsed stacks, 250 Hz, without pausing it) until stop()."""
-        binary = shutil.which("py-spy")
-        if binary is None:
-            raise RuntimeError("py-spy not found (pip install py-spy; not a project dependency)")
-        log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
-        rec = subprocess.Popen(
-            [
-                binary,
-                "record",
-                "--pid",
-                str(pid),
-                "--format",
-                "raw",
-                "--rate",
-                "250",
-                "--nonblocking",
-                "--output",
-                str(out),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
         self._recorders.append(rec)
         time.sleep(0.5)  # let it attach before the first trial

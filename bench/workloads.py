@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import ssl
 import time
 from dataclasses import dataclass, field
 
+from measure import Probe, memory
 from rawimap import Conn, IMAPError, open_session
-from targets import PASSWORD, SEARCH_WORD, USER, Mailbox, Probe, memory
+from targets import PASSWORD, SEARCH_WORD, USER, Mailbox
 
 Address = tuple[str, int]
 
@@ -32,9 +34,11 @@ def _probe(pid: int | None) -> Probe:
 
 
 # --- bulk ------------------------------------------------------------------------------
-def verify_bulk(address: Address, box: Mailbox) -> None:
+def verify_bulk(
+    address: Address, box: Mailbox, tls: ssl.SSLContext | None = None, starttls: bool = False
+) -> None:
     """Fetch the big and the small message once, keeping the bytes: they must be exact."""
-    conn = open_session(address, USER, PASSWORD)
+    conn = open_session(address, USER, PASSWORD, tls=tls, starttls=starttls)
     try:
         for seq, want in ((box.bulk_seq, box.bulk), (box.small_seq, box.small)):
             reply = conn.command(b"V", b"FETCH %d BODY.PEEK[]" % seq, keep_literals=True)
@@ -45,8 +49,15 @@ def verify_bulk(address: Address, box: Mailbox) -> None:
         conn.logout()
 
 
-def bulk(address: Address, box: Mailbox, fetches: int, pid: int | None = None) -> Trial:
-    conn = open_session(address, USER, PASSWORD)
+def bulk(
+    address: Address,
+    box: Mailbox,
+    fetches: int,
+    pid: int | None = None,
+    tls: ssl.SSLContext | None = None,
+    starttls: bool = False,
+) -> Trial:
+    conn = open_session(address, USER, PASSWORD, tls=tls, starttls=starttls)
     try:
         cmd = b"FETCH %d BODY.PEEK[]" % box.bulk_seq
         total = 0
