@@ -119,7 +119,7 @@ class LoadModes:
         }
 
     def slowreader(self) -> Results:
-        """Deliver one big message (100 MB by default), then per relay: a client FETCHes it
+        """Deliver one big message (100 MiB by default), then per relay: a client FETCHes it
         and reads nothing while the relay's RSS is sampled and another client times NOOPs."""
         lab = self.lab
         assert lab.dovecot is not None
@@ -135,7 +135,7 @@ class LoadModes:
             int(line.split()[1]) for line in reply.untagged if b"RFC822.SIZE %d)" % size in line
         )
         log(
-            f"slowreader: {size >> 20} MB message delivered as {seq} "
+            f"slowreader: {size >> 20} MiB message delivered as {seq} "
             f"in {time.monotonic() - t0:.1f} s"
         )
 
@@ -199,7 +199,7 @@ def slow_reader(
     extra = {
         "rss_before_kib": float(before),
         "rss_peak_kib": float(peak),
-        "message_mb": size / 1e6,
+        "message_mib": size / 2**20,
         "other_noop_p50_ms": lat[len(lat) // 2] / 1e6,
         "other_noop_max_ms": lat[-1] / 1e6,
     }
@@ -256,14 +256,13 @@ def tables(rows: list[Row]) -> list[str]:
         mine = [r for r in rows if r.mode == mode]
         if not mine:
             continue
-        head = "| mode | metric | " + " | ".join(names) + " | "
-        head += " | ".join(f"{a}/{b}" for a, b in ratios) + " |"
-        lines = [head, "|" + "---|" * (2 + len(names) + len(ratios))]
+        cols = [*names, *(f"{a}/{b}" for a, b in ratios)]
+        lines = ["| mode | metric | " + " | ".join(cols) + " |", "|" + "---|" * (2 + len(cols))]
         for r in mine:
             v = r.values
-            cells = " | ".join(fmt(v.get(n)) for n in names)
-            rs = " | ".join(ratio(v.get(a), v.get(b)) for a, b in ratios)
-            lines.append(f"| {r.mode} | {r.metric} | {cells} | {rs} |")
+            cells = [fmt(v.get(n)) for n in names]
+            cells += [ratio(v.get(a), v.get(b)) for a, b in ratios]
+            lines.append(f"| {r.mode} | {r.metric} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return out
 
@@ -334,7 +333,7 @@ def details(results: Results) -> list[str]:
         e = c.extras[-1]
         lines.append(
             f"- slowreader {t}: RSS {e['rss_before_kib']:.0f} -> peak {e['rss_peak_kib']:.0f} KiB "
-            f"while a {e['message_mb']:.0f} MB FETCH sat unread; another session's NOOP p50 "
+            f"while a {e['message_mib']:.0f} MiB FETCH sat unread; another session's NOOP p50 "
             f"{e['other_noop_p50_ms']:.2f} ms, max {e['other_noop_max_ms']:.1f} ms"
         )
     return lines

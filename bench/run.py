@@ -259,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(results, dict)
     rows = report.rows_of(results) + loadmodes.rows(results)
     own = [r for r in rows if r.mode not in loadmodes.MODE_TABLES]
-    print()
-    print(report.main_table(own))
-    mt = report.extra_table(own, rep["targets"])  # type: ignore[arg-type]
-    for table in [mt, *loadmodes.tables(rows)]:
+    targets = rep["targets"]
+    assert isinstance(targets, list)
+    own_tables = [report.main_table(own), report.extra_table(own, targets)] if own else []
+    for table in [*own_tables, *loadmodes.tables(rows)]:
         if table:
             print()
             print(table)
