@@ -12,6 +12,18 @@ import resource
 import time
 from dataclasses import dataclass
 
+RELAY_FD_RESERVE = 64  # a relay's own descriptors: listeners, epoll, logs (as imapproxy's)
+
+
+def sessions_within_fd_limit() -> int:
+    """Sessions a relay started by this process can hold: two descriptors each (client and
+    upstream socket) within the hard RLIMIT_NOFILE it inherits and cannot raise further
+    without CAP_SYS_RESOURCE."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(0, (hard - RELAY_FD_RESERVE) // 2)
+
 
 def raise_nofile(want: int = 65536) -> int:
     """Raise RLIMIT_NOFILE (inherited by the children we start); returns the soft limit."""

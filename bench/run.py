@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import loadmodes
 import report
 import trials
 import workloads
-from measure import raise_nofile
+from measure import raise_nofile, sessions_within_fd_limit
 from targets import Lab, start_ceiling_server, stop_process
 from trials import FULL, QUICK, Cell, QuietGate, interleave, log
 
@@ -59,6 +60,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             targets.append(name)
     # The idle mode's client holds one descriptor per session: up to the hard limit.
     nofile = raise_nofile(max(65536, plan.idle_sessions * 4))
+    notes: dict[str, object] = {}
+    fit = sessions_within_fd_limit() - 100  # the relays' warm-up sessions, headroom
+    if "idle" in modes and plan.idle_sessions > fit:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        notes["idle_capped"] = (
+            f"idle: {plan.idle_sessions:,} sessions asked, {fit:,} measured: the hard file "
+            f"limit here is {hard:,} (this process cannot raise it: setrlimit needs "
+            f"CAP_SYS_RESOURCE), inherited by every relay, and a relay holds two descriptors "
+            f"per session (client and upstream socket) plus its own"
+        )
+        log(str(notes["idle_capped"]))
+        plan.idle_sessions = fit
     plan.idle_timeout = max(plan.idle_timeout, plan.idle_sessions / 40)
     trials.GATE = QuietGate(
         args.quiet_threshold,
@@ -77,7 +90,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     )
     extra = [t for t in loadmodes.extra_targets(modes) if t not in targets]
     results: dict[str, dict[str, Cell]] = {}
-    notes: dict[str, object] = {}
     errors: dict[str, str] = {}
     notes["errors"] = errors
     t_start = time.monotonic()
@@ -271,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(notes, dict)
     for mode, err in notes.get("errors", {}).items():
         print(f"- {mode} FAILED: {err}")
+    if "idle_capped" in notes:
+        print(f"- {notes['idle_capped']}")
     lines = [*report.verdicts(rows), *loadmodes.verdicts(rows)]
     lines += [*report.detail_lines(results, notes), *loadmodes.details(results)]
     for line in lines:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import relays
+from measure import sessions_within_fd_limit
 from rawimap import open_session
 
 from imapproxy.demo.dovecot import Dovecot
@@ -228,8 +229,9 @@ class Lab:
 
     @property
     def max_sessions(self) -> int:
-        """What the relays are sized for: the idle sessions and some headroom."""
-        return max(5000, self.idle_sessions + 1000)
+        """What the relays are sized for: the idle sessions and some headroom, within what
+        the file limit allows (haproxy refuses to start with a maxconn it cannot hold)."""
+        return min(max(5000, self.idle_sessions + 1000), sessions_within_fd_limit())
 
     # -- setup ------------------------------------------------------------------------
     def start(self, names: list[str]) -> None:

@@ -179,7 +179,8 @@ def session(
 
 # --- idle ------------------------------------------------------------------------------
 def _open_idle(address: Address) -> Conn:
-    conn = Conn(address, timeout=60.0)
+    # Small buffers: the client holds up to 10,000 of these at once.
+    conn = Conn(address, timeout=60.0, recv_buffer=4096)
     try:
         conn.greeting()
         conn.command(b"a", b'LOGIN "%s" "%s"' % (USER.encode(), PASSWORD.encode()))
