@@ -13,7 +13,8 @@ whose answer carries a literal, so a literal can never be mistaken for a tagged 
 * ``steady``: every client logs in and SELECTs (blocking, before timing; TLS or STARTTLS if
   asked), then loops small commands until the deadline;
 * ``sessions``: every client loops whole sessions: connect, greeting, LOGIN, SELECT, a dozen
-  FETCH FLAGS / NOOP, LOGOUT, close (plaintext only).
+  FETCH FLAGS / NOOP, LOGOUT, close (plaintext only);
+* ``bulk``: a few clients FETCHing the 10 MB message at once (a thread each, blocking).
 
 Every loop is bounded by the deadline; the drain after it by ``DRAIN_SECONDS``.
 """
@@ -25,6 +26,7 @@ import itertools
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 
@@ -268,3 +270,54 @@ def sessions(
         for c in by_fd.values():
             c.sock.close()
         ep.close()
+
+
+def bulk(
+    address: Address,
+    clients: int,
+    seq: int,
+    size: int,
+    fetches: int,
+    pid: int | None,
+    *,
+    dovecot_pid: int | None = None,
+    tls: ssl.SSLContext | None = None,
+    starttls: bool = False,
+) -> Trial:
+    """``clients`` sessions at once, each FETCHing message ``seq`` (``size`` bytes)
+    ``fetches`` times: MB/s of literal payload overall. One thread per client: the socket
+    reads (and TLS decryption) release the GIL, so the threads do not queue behind it."""
+    conns = [open_session(address, USER, PASSWORD, tls=tls, starttls=starttls)]
+    try:
+        while len(conns) < clients:
+            conns.append(open_session(address, USER, PASSWORD, tls=tls, starttls=starttls))
+        totals = [0] * clients
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                for k in range(fetches):
+                    reply = conns[i].command(b"B%d" % k, b"FETCH %d BODY.PEEK[]" % seq)
+                    totals[i] += reply.literal_bytes
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        extra: dict[str, float] = {}
+        probe = Probe(pid, dovecot_pid)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300.0)
+        if errors:
+            raise errors[0]
+        total = sum(totals)
+        elapsed = probe.finish(total / 1e6, extra)
+        if total != clients * fetches * size:
+            raise IMAPError(f"bulk: {total} payload bytes, expected {clients * fetches * size}")
+        extra["clients"] = clients
+        return Trial(total / elapsed / 1e6, extra)
+    finally:
+        for c in conns:
+            with contextlib.suppress(OSError, IMAPError):
+                c.logout()
