@@ -50,6 +50,8 @@ def rows_of(results: dict[str, dict[str, Cell]]) -> list[Row]:
     if "session" in results:
         rows.append(Row("session", "sessions/s", med("session"), True, spreads("session")))
         cpu_row("session", "session")
+    for key in sorted((k for k in results if k.startswith("idle@")), key=lambda k: int(k[5:])):
+        rows.append(Row("idle", f"KiB/session (RSS) at {int(key[5:]):,}", med(key), False))
     if "idle" in results:
         rows.append(Row("idle", "KiB/session (RSS)", med("idle"), False))
         rows.append(Row("idle", "KiB/session (PSS)", med("idle", "pss_per_session_kib"), False))
@@ -163,11 +165,11 @@ def detail_lines(results: dict[str, dict[str, Cell]], notes: dict[str, object]) 
                 if c.extra_median("p50_ms " + k) is not None
             )
             lines.append(f"- steady p50 ms by command, {t}: {kinds}")
-    if "idle" in results:
-        for t, c in results["idle"].items():
+    for key in [k for k in results if k.startswith("idle")]:
+        for t, c in results[key].items():
             e = c.extras[-1]
             lines.append(
-                f"- idle {t}: RSS {e['rss_before_kib']:.0f} -> {e['rss_after_kib']:.0f} KiB "
+                f"- {key} {t}: RSS {e['rss_before_kib']:.0f} -> {e['rss_after_kib']:.0f} KiB "
                 f"with sessions open, {e['rss_closed_kib']:.0f} KiB after closing them "
                 f"({e.get('sessions_opened', 0):.0f} sessions opened in {e['open_seconds']:.1f} s, "
                 f"{e.get('open_errors', 0):.0f} errors)"

@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan.rounds = args.rounds
+    idle_sizes = [plan.idle_sessions]
     if args.idle_sessions:
-        plan.idle_sessions = args.idle_sessions
+        idle_sizes = sorted({int(n) for n in args.idle_sessions.split(",") if n})
+        plan.idle_sessions = idle_sizes[-1]
     modes = [m for m in args.modes.split(",") if m]
     bad = set(modes) - set(MODES)
     if bad:
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         )
         log(str(notes["idle_capped"]))
         plan.idle_sessions = fit
+        idle_sizes = sorted({min(n, fit) for n in idle_sizes})
     plan.idle_timeout = max(plan.idle_timeout, plan.idle_sessions / 40)
     trials.GATE = QuietGate(
         args.quiet_threshold,
@@ -138,20 +141,23 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 plan.rounds,
                 lambda t: workloads.session(addr[t], box, plan.session_seconds, 20_000, pid[t]),
             ),
-            "idle": lambda: interleave(
-                "idle",
+        }
+
+        def run_idle(n: int) -> dict[str, Cell]:
+            return interleave(
+                f"idle ({n:,} sessions)",
                 [t for t in targets if t != "direct"],
                 plan.idle_rounds,
                 lambda t: workloads.idle(
-                    addr[t],
-                    pid[t] or 0,
-                    plan.idle_sessions,
-                    plan.idle_concurrency,
-                    timeout=plan.idle_timeout,
+                    addr[t], pid[t] or 0, n, plan.idle_concurrency, timeout=plan.idle_timeout
                 ),
                 warmup=False,
-            ),
-        }
+            )
+
+        # The largest size is "idle" (the verdicts' figure), the others "idle@N".
+        for n in idle_sizes[:-1]:
+            runners[f"idle@{n}"] = lambda n=n: run_idle(n)  # type: ignore[misc]
+        runners["idle"] = lambda: run_idle(idle_sizes[-1])
         load = loadmodes.LoadModes(lab, plan, targets)
         for mode in MODES:
             if mode not in modes:
@@ -159,8 +165,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             try:
                 if mode in loadmodes.EXTRA_MODES:
                     results.update(load.run(mode))
-                else:
-                    results[mode] = runners[mode]()
+                    continue
+                if mode == "idle":
+                    for key in [k for k in runners if k.startswith("idle@")]:
+                        results[key] = runners[key]()
+                results[mode] = runners[mode]()
             except Exception as exc:  # one failing mode must not lose the others' figures
                 log(f"{mode} failed: {exc!r}")
                 errors[mode] = repr(exc)
@@ -240,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         "python3 -m imapproxy --listen {listen} --upstream {upstream} --metrics off'",
     )
     p.add_argument("--rounds", type=int, help="interleaved rounds per mode")
-    p.add_argument("--idle-sessions", type=int, help="idle sessions to open (default 1000)")
+    p.add_argument(
+        "--idle-sessions",
+        help="idle sessions to open (default 1000), or several sizes, e.g. 1000,10000",
+    )
     p.add_argument("--haproxy-threads", type=int, help="haproxy nbthread (default: all CPUs)")
     p.add_argument(
         "--profile",
