@@ -200,6 +200,11 @@ def slow_reader(
                 peak = max(peak, memory(pid).rss_kib)
             time.sleep(0.01)
         peak = max(peak, memory(pid).rss_kib)
+        # The answer was on its way (not stuck before the relay): its start is readable now.
+        head = bytearray()
+        _read_until(sock, b"BODY[] {", head)
+        if b"* %d FETCH" % seq not in head:
+            raise IMAPError(f"slowreader: unexpected answer {bytes(head[:60])!r}")
     finally:
         sock.close()
         if other is not None:
