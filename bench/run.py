@@ -1,7 +1,9 @@
 """imapproxy benchmark: direct vs haproxy (TCP mode) vs imapproxy, interleaved, one Dovecot.
 
-    python3 bench/run.py [--quick] [--modes bulk,steady,session,idle] [--rounds N]
+    python3 bench/run.py [--quick] [--modes bulk,steady,session,concurrent,idle] [--rounds N]
                          [--json out.json] [--no-metrics-target] [--profile cprofile]
+    python3 bench/run.py --quick --modes capacity,tls,slowreader     # the opt-in modes
+    python3 bench/run.py --modes idle --idle-sessions 1000,10000 --targets haproxy,imapproxy
 
 See bench/README.md for what each mode measures and why the targets are interleaved.
 """
