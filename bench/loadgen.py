@@ -31,8 +31,8 @@ import time
 from collections.abc import Iterator
 
 from measure import Probe
+from messages import PASSWORD, USER
 from rawimap import Conn, IMAPError, open_session
-from targets import PASSWORD, USER
 from workloads import Address, Trial
 
 DRAIN_SECONDS = 10.0

@@ -15,9 +15,10 @@ from collections.abc import Callable
 import loadgen
 import workloads
 from measure import memory
+from messages import PASSWORD, USER, big_message
 from rawimap import IMAPError, open_session
 from report import Row, fmt, ratio
-from targets import PASSWORD, USER, Lab, big_message
+from targets import Lab
 from trials import Cell, Plan, interleave, log
 
 EXTRA_MODES = ("concurrent", "capacity", "tls", "slowreader")

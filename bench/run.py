@@ -30,8 +30,9 @@ import loadmodes
 import report
 import trials
 import workloads
+from ceiling import start_ceiling_server
 from measure import raise_nofile, sessions_within_fd_limit
-from targets import Lab, start_ceiling_server, stop_process
+from targets import Lab, stop_process
 from trials import FULL, QUICK, Cell, QuietGate, interleave, log
 
 # The order a run goes through them (the idle mode's thousands of sessions come late).

@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from messages import PASSWORD, SEARCH_WORD, USER
 from rawimap import Conn
-from targets import PASSWORD, SEARCH_WORD, USER, Lab
+from targets import Lab
 
 from imapproxy.session.core import Session, SessionSettings
 

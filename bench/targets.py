@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -21,16 +20,10 @@ from pathlib import Path
 
 import relays
 from measure import sessions_within_fd_limit
+from messages import PASSWORD, SEARCH_MESSAGES, SMALL_BODY_SIZE, USER, big_message, small_message
 from rawimap import open_session
 
 from imapproxy.demo.dovecot import Dovecot
-
-USER = "bench"
-PASSWORD = "bench-pass"
-BULK_SIZE = 10 * 1024 * 1024
-SMALL_BODY_SIZE = 2048
-SEARCH_MESSAGES = 200
-SEARCH_WORD = "needle"  # in the Subject of every 10th small message
 
 # Dovecot knobs for a benchmark (appended to the launcher's config):
 # * imap processes are reused (service_count = 0) and a few are kept warm: otherwise every
@@ -43,66 +36,6 @@ service imap {
   process_min_avail = 4
 }
 """
-
-
-# --- messages ----------------------------------------------------------------------------
-def _crlf(lines: list[str]) -> bytes:
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-
-def big_message(size: int = BULK_SIZE) -> bytes:
-    """A MIME message of exactly ``size`` bytes: a base64-looking attachment, CRLF lines."""
-    rnd = random.Random(1)
-    head = _crlf(
-        [
-            "From: Bench <bench@example.test>",
-            "To: Bench <bench@example.test>",
-            "Subject: bulk attachment",
-            "Date: Mon, 01 Jan 2024 00:00:00 +0000",
-            "Message-ID: <bulk@example.test>",
-            "MIME-Version: 1.0",
-            "Content-Type: application/octet-stream",
-            "Content-Transfer-Encoding: base64",
-            "",
-        ]
-    )
-    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    line_len = 76
-    pool = bytes(rnd.choice(alphabet) for _ in range(64 * 1024))
-    out = bytearray(head)
-    i = 0
-    while len(out) + line_len + 2 <= size:
-        start = (i * 131) % (len(pool) - line_len)
-        out += pool[start : start + line_len] + b"\r\n"
-        i += 1
-    pad = size - len(out)
-    if pad >= 2:
-        out += b"A" * (pad - 2) + b"\r\n"
-    elif pad == 1:
-        out += b"\n"
-    assert len(out) == size, (len(out), size)
-    return bytes(out)
-
-
-def small_message(i: int, size: int | None = None) -> bytes:
-    subject = f"message {i}" + (f" {SEARCH_WORD}" if i % 10 == 0 else "")
-    head = _crlf(
-        [
-            f"From: Sender {i} <s{i}@example.test>",
-            "To: Bench <bench@example.test>",
-            f"Subject: {subject}",
-            "Date: Mon, 01 Jan 2024 00:00:00 +0000",
-            f"Message-ID: <m{i}@example.test>",
-            "",
-        ]
-    )
-    body_line = f"line of message {i} ".ljust(70, ".") + "\r\n"
-    target = size if size is not None else 300 + (i * 37) % 500
-    body = (body_line * (target // len(body_line) + 1)).encode()
-    msg = head + body
-    if len(msg) > target:
-        msg = msg[: target - 2] + b"\r\n"
-    return msg
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -417,49 +350,3 @@ class Lab:
         if self.dovecot is not None:
             self.dovecot.stop()
             self.dovecot = None
-
-
-# --- the client ceiling ----------------------------------------------------------------
-CEILING_SERVER = r"""
-import socket, sys
-size = int(sys.argv[1])
-lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-lst.bind(("127.0.0.1", 0)); lst.listen(4)
-print(lst.getsockname()[1], flush=True)
-lst.settimeout(120)
-conn, _ = lst.accept()
-conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-conn.settimeout(120)
-body = b"x" * (size - 2) + b"\r\n"
-conn.sendall(b"* OK ceiling\r\n")
-buf = b""
-while True:
-    data = conn.recv(65536)
-    if not data:
-        break
-    buf += data
-    while b"\n" in buf:
-        line, buf = buf.split(b"\n", 1)
-        tag = line.split(b" ", 1)[0]
-        if b"LOGIN" in line or b"SELECT" in line:
-            conn.sendall(tag + b" OK done\r\n")
-        elif b"LOGOUT" in line:
-            conn.sendall(b"* BYE\r\n" + tag + b" OK done\r\n")
-        else:
-            conn.sendall(b"* 1 FETCH (BODY[] {%d}\r\n" % size)
-            conn.sendall(body)
-            conn.sendall(b")\r\n" + tag + b" OK done\r\n")
-"""
-
-
-def start_ceiling_server(size: int) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
-    """A separate process that answers any FETCH with a canned literal from memory: the
-    benchmark client alone, with no IMAP server cost, measures its own ceiling against it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CEILING_SERVER, str(size)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    return proc, ("127.0.0.1", port)

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 from measure import Probe, memory
+from messages import PASSWORD, SEARCH_WORD, USER
 from rawimap import Conn, IMAPError, open_session
-from targets import PASSWORD, SEARCH_WORD, USER, Mailbox
+from targets import Mailbox
 
 Address = tuple[str, int]
 
