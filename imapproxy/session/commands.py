@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from imapproxy.policy.mailboxes import decode_mailbox
 from imapproxy.session.held import HeldCommand
 from imapproxy.session.inflight import InFlightCommand
 from imapproxy.session.output import (
@@ -34,6 +33,7 @@ from imapproxy.session.output import (
 from imapproxy.session.settings import PolicyLike, VerdictLike
 from imapproxy.wire import Command, CommandPart, LiteralHeader, ProtocolError, grammar
 from imapproxy.wire.framing import literal_at_end
+from imapproxy.wire.grammar import decode_mailbox
 from imapproxy.wire.literals import as_sync, split_at_literals
 from imapproxy.wire.sasl import login_user
 from imapproxy.wire.tokens import TokenError, parse_command
