@@ -18,11 +18,13 @@ every server byte reaches the client, except:
 Where each job lives (one module each; ``held.py`` has the glossary of the words used):
 
 * ``core.py``      ``Session``: the API, the two drain loops, event dispatch, shared state;
-* ``commands.py``  ``ClientCommands``: client events (forward, hold, refuse, answer locally);
+* ``commands.py``  ``ClientCommands``: client events (forward, refuse, answer locally);
+* ``judging.py``   ``RuleJudge``: rules on client commands (verdicts on the first line, the
+  command held for its arguments and released);
 * ``responses.py`` ``ServerResponses``: server events (capability filtering, mailbox and
   status-text rewriting, continuations, tagged answers and the state they change);
 * ``inflight.py``  ``InFlight``: commands in flight by tag, duplicate tags, the proxy's own
-  answers ordered behind forwarded commands;
+  answers ordered behind forwarded commands; what the session reads from LOGIN/SELECT;
 * ``held.py``      held commands and ``ReleaseQueue`` (segments waiting for the upstream's
   ``+``, what is queued behind them);
 * ``login.py``     ``UpstreamLogin``: greeting, STARTTLS/COMPRESS, login observation (the

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imapproxy.session.commands import block_answer
 from imapproxy.session.inflight import InFlightCommand
+from imapproxy.session.judging import block_answer
 from imapproxy.session.output import LoginDone, RuleHit
 from imapproxy.wire import ProtocolError
 from imapproxy.wire.sasl import sasl_user
