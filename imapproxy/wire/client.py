@@ -234,7 +234,7 @@ class ClientParser(DirectionParser):
         # With split_long_lines the framer never raises: a long line comes as pieces.
         got = self._framer.next_line()
         if got is None:
-            return self._starved()
+            return self._input_exhausted()
         line, whole = got
         if state is _State.COMMAND:
             return self._command(line, whole)
@@ -268,7 +268,7 @@ class ClientParser(DirectionParser):
                 continue
             got = self._framer.next_line()
             if got is None:
-                return self._starved()
+                return self._input_exhausted()
             self._drop_line(*got)
         return self.next_event()
 

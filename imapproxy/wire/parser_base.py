@@ -10,9 +10,9 @@ here once:
   after the literal on its last piece;
 * a literal announcement: ``_literal`` reads it from a line's end; one out of range is
   fatal, and the parser is closed before the error propagates;
-* the end of the stream: ``_starved`` answers ``NEED_DATA`` while the peer may send more;
-  at EOF it is ``CLOSED`` between commands (responses) with nothing buffered, and a fatal
-  ``ProtocolError`` in the middle of one;
+* the end of the input: ``_input_exhausted`` (no complete event buffered) answers
+  ``NEED_DATA`` while the peer may send more; at EOF it is ``CLOSED`` between commands
+  (responses) with nothing buffered, and a fatal ``ProtocolError`` in the middle of one;
 * STARTTLS: ``start_tls`` restarts plain-text parsing on the TLS stream; bytes received
   before it and not yet parsed were sent in plain text and must never be read as part of
   the TLS session (the CVE-2011-0411 class), so they are a fatal ``ProtocolError``.
@@ -68,10 +68,10 @@ class DirectionParser:
         self._state = self._READY
 
     def _literal_data(self) -> LiteralData | _Sentinel:
-        """The next piece of the current literal's payload, or what ``_starved`` says."""
+        """The next piece of the current literal's payload, or what ``_input_exhausted`` says."""
         data = self._framer.next_literal_data()
         if data is None:
-            return self._starved()
+            return self._input_exhausted()
         if data.last:
             self._state = self._AFTER_LITERAL
         return data
@@ -85,8 +85,8 @@ class DirectionParser:
             self._state = self._CLOSED
             raise
 
-    def _starved(self) -> _Sentinel:
-        """No complete event in the buffer: ``NEED_DATA``, or at EOF ``CLOSED`` (clean) or a
+    def _input_exhausted(self) -> _Sentinel:
+        """No complete event is buffered: ``NEED_DATA``, or at EOF ``CLOSED`` (clean) or a
         fatal ``ProtocolError`` (in the middle of a command or response)."""
         if not self._framer.eof:
             return NEED_DATA

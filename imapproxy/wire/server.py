@@ -77,7 +77,7 @@ class ServerParser(DirectionParser):
         framer = self._framer
         got = framer.next_line()
         if got is None:
-            return self._starved()
+            return self._input_exhausted()
         line, complete = got
         if not complete:
             self._state = _State.PIECE
