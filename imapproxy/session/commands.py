@@ -108,7 +108,9 @@ class ClientCommands:
             if judged is None:  # blocked, answered
                 return
             raw = judged
-        if self.gate_refuses(cmd, ev.raw, ev.literal, ev.literal is None):
+        if s.settings.login_gate is not None and self.gate_refuses(
+            cmd, ev.raw, ev.literal, ev.literal is None
+        ):
             return
         s.inflight.track(cmd)
         if s.client.silent_continuation:
