@@ -74,7 +74,7 @@ from .events import (
     LiteralData,
     LiteralHeader,
     SaslResponse,
-    _Sentinel,
+    Sentinel,
 )
 from .parser_base import DirectionParser
 
@@ -220,7 +220,7 @@ class ClientParser(DirectionParser):
             self._state = _State.COMMAND
 
     # -- events ---------------------------------------------------------------------
-    def next_event(self) -> ClientEvent | _Sentinel:
+    def next_event(self) -> ClientEvent | Sentinel:
         """The next event (class docstring); raises ``ProtocolError`` for a refused line."""
         if self._dropping:
             return self._next_after_drop()
@@ -257,7 +257,7 @@ class ClientParser(DirectionParser):
         self._state = _State.COMMAND  # IDLE_LINE: any line ends IDLE, as servers treat it
         return IdleDone(line)
 
-    def _next_after_drop(self) -> ClientEvent | _Sentinel:
+    def _next_after_drop(self) -> ClientEvent | Sentinel:
         """Consume the rest of a dropped command, then parse on (bounded: each round
         consumes input or returns)."""
         while self._dropping:

@@ -27,7 +27,7 @@ import enum
 from typing import ClassVar
 
 from .errors import ProtocolError
-from .events import CLOSED, NEED_DATA, LiteralData, LiteralHeader, _Sentinel
+from .events import CLOSED, NEED_DATA, LiteralData, LiteralHeader, Sentinel
 from .framing import Framer, literal_at_end
 
 
@@ -67,7 +67,7 @@ class DirectionParser:
             raise ProtocolError(self._PIPELINED_BEFORE_TLS, fatal=True)
         self._state = self._READY
 
-    def _literal_data(self) -> LiteralData | _Sentinel:
+    def _literal_data(self) -> LiteralData | Sentinel:
         """The next piece of the current literal's payload, or what ``_input_exhausted`` says."""
         data = self._framer.next_literal_data()
         if data is None:
@@ -85,7 +85,7 @@ class DirectionParser:
             self._state = self._CLOSED
             raise
 
-    def _input_exhausted(self) -> _Sentinel:
+    def _input_exhausted(self) -> Sentinel:
         """No complete event is buffered: ``NEED_DATA``, or at EOF ``CLOSED`` (clean) or a
         fatal ``ProtocolError`` (in the middle of a command or response)."""
         if not self._framer.eof:

@@ -28,8 +28,8 @@ from .events import (
     Response,
     ResponseKind,
     ResponsePart,
+    Sentinel,
     ServerEvent,
-    _Sentinel,
 )
 from .parser_base import DirectionParser
 
@@ -67,7 +67,7 @@ class ServerParser(DirectionParser):
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         super().__init__(max_line)
 
-    def next_event(self) -> ServerEvent | _Sentinel:
+    def next_event(self) -> ServerEvent | Sentinel:
         """The next event (class docstring)."""
         state = self._state
         if state is _State.LITERAL:
