@@ -70,6 +70,18 @@ Always:
   forwarded before them has its server answer, so the client sees answers in order.
 * STARTTLS is answered after the commands before it, and only before login (``BAD``
   once authenticated, RFC 9051 6.2.1); between its OK and the handshake ``client_paused``.
+
+Pre-authentication phase (per-user routing, next). Today the upstream greets and
+authenticates the client and ``Session.login`` (``UpstreamLogin``, ``login.py``) only looks
+on; every not-authenticated-state decision already goes through it (greeting, STARTTLS,
+COMPRESS, SASL lines, login outcome). The phase in which the proxy greets and
+authenticates the client itself, then picks the upstream, is a second class with the
+same role installed as ``Session.login`` while ``user`` is None: ``ClientCommands.command``
+hands it every command before login (where it now hands it STARTTLS and AUTHENTICATE),
+it answers them locally, and once the user is known it asks the driver for that
+upstream (a new ``Output`` action) and consumes the upstream's greeting and login
+answer (``ServerResponses._untagged``'s greeting branch). The in-flight table, held
+commands and response rewriting are unchanged by it.
 """
 
 from __future__ import annotations
@@ -139,21 +151,10 @@ class Session:
     ``selected`` (the mailbox the upstream has selected, client-side name, or None),
     ``client_paused``, ``backlog``, ``settings``.
 
-    Pre-authentication phase (per-user routing, next): today the upstream greets and
-    authenticates the client and ``self.login`` (``UpstreamLogin``, ``login.py``) only looks
-    on; every not-authenticated-state decision already goes through it (greeting, STARTTLS,
-    COMPRESS, SASL lines, login outcome). The phase in which the proxy greets and
-    authenticates the client itself, then picks the upstream, is a second class with the
-    same role installed as ``self.login`` while ``user`` is None: ``ClientCommands.command``
-    hands it every command before login (where it now hands it STARTTLS and AUTHENTICATE),
-    it answers them locally, and once the user is known it asks the driver for that
-    upstream (a new ``Output`` action) and consumes the upstream's greeting and login
-    answer (``ServerResponses._untagged``'s greeting branch). The in-flight table, held
-    commands and response rewriting are unchanged by it.
-
     Attributes the handlers share (not for the driver): ``out`` (the ``Output`` being
-    built), ``client``/``server`` (the parsers), ``inflight``, ``release_queue``, ``login``,
-    ``caps``, ``commands``, ``responses``, ``clock``, ``tls_starting``.
+    built), ``client``/``server`` (the parsers), ``inflight``, ``release_queue``, ``login``
+    (the seam for a pre-authentication phase, module docstring), ``caps``, ``commands``,
+    ``responses``, ``clock``, ``tls_starting``.
     """
 
     def __init__(self, settings: SessionSettings, clock: Callable[[], float] = time.monotonic):
