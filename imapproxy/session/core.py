@@ -91,7 +91,7 @@ from collections.abc import Callable
 
 from imapproxy.session.commands import MAX_CONSECUTIVE_BAD, ClientCommands
 from imapproxy.session.held import ReleaseQueue
-from imapproxy.session.inflight import InFlight, InFlightCommand
+from imapproxy.session.inflight import InFlight
 from imapproxy.session.login import UpstreamLogin
 from imapproxy.session.output import CommandDone, Output, ProtocolIssue
 from imapproxy.session.responses import ServerResponses
@@ -113,7 +113,6 @@ from imapproxy.wire import (
     ServerParser,
 )
 from imapproxy.wire.capabilities import CapabilityFilter, shared_filter
-from imapproxy.wire.sasl import login_user
 
 __all__ = ["MAX_CONSECUTIVE_BAD", "STATE_CHANGING", "Session", "SessionSettings"]
 
@@ -334,14 +333,6 @@ class Session:
     def facts(self) -> SessionFacts:
         """What the policy judges this session's next command or response by, now."""
         return self.make_facts(self.user, self.selected)
-
-    def facts_for(self, cmd: InFlightCommand, raw: bytes) -> SessionFacts:
-        """Facts for deciding ``cmd``: a login is judged by the user it names."""
-        if cmd.name == "AUTHENTICATE" and cmd.user is not None:
-            return self.make_facts(cmd.user, self.selected)
-        if cmd.name == "LOGIN" and self.user is None:
-            return self.make_facts(login_user(raw), self.selected)
-        return self.facts()
 
     def make_facts(self, user: str | None, selected: str | None) -> SessionFacts:
         return self.settings.facts(self.settings.client_ip, user, selected, self.utf8)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from imapproxy.session.held import HeldCommand
 from imapproxy.session.inflight import LOGINS, OBSERVED, InFlightCommand
 from imapproxy.session.output import CommandBlocked, LoginDone, Note, RuleHit
-from imapproxy.session.settings import PolicyLike, VerdictLike
+from imapproxy.session.settings import PolicyLike, SessionFacts, VerdictLike
 from imapproxy.wire import Command, CommandPart, LiteralHeader, grammar
 from imapproxy.wire.framing import literal_at_end
 from imapproxy.wire.literals import split_at_literals
@@ -55,9 +55,7 @@ class RuleJudge:
     def first_line(self, policy: PolicyLike, cmd: InFlightCommand, ev: Command) -> bytes | None:
         """Decide ``cmd`` on its first line ``ev``: the bytes to forward (maybe rewritten),
         or None when a rule blocked it (answered, its rest dropped)."""
-        verdict = policy.decide(
-            self.session.facts_for(cmd, ev.raw), cmd.name, ev.raw, ev.literal is None
-        )
+        verdict = policy.decide(self._facts_for(cmd, ev.raw), cmd.name, ev.raw, ev.literal is None)
         if self._apply(cmd, verdict, ev.literal, ev.raw):
             return None
         return verdict.rewritten if verdict.rewritten is not None else ev.raw
@@ -115,7 +113,7 @@ class RuleJudge:
         assert policy is not None
         if cmd.name in OBSERVED and complete:
             cmd.capture = [raw]
-        verdict = policy.decide(s.facts_for(cmd, raw), cmd.name, raw, complete)
+        verdict = policy.decide(self._facts_for(cmd, raw), cmd.name, raw, complete)
         last_literal = literal_at_end(raw) if not complete else None
         if self._apply(cmd, verdict, last_literal, raw):
             return
@@ -132,6 +130,15 @@ class RuleJudge:
         s.release_queue.release(cmd.tag, segments, s.out.to_upstream)
         if complete:
             commands.end_command()
+
+    def _facts_for(self, cmd: InFlightCommand, raw: bytes) -> SessionFacts:
+        """The facts ``cmd`` is decided under: a login is judged by the user it names."""
+        s = self.session
+        if cmd.name == "AUTHENTICATE" and cmd.user is not None:
+            return s.make_facts(cmd.user, s.selected)
+        if cmd.name == "LOGIN" and s.user is None:
+            return s.make_facts(login_user(raw), s.selected)
+        return s.facts()
 
     def _apply(
         self,
@@ -150,7 +157,7 @@ class RuleJudge:
             return False
         if cmd.name == "LOGIN" and cmd.user is None:
             # A blocked LOGIN never reaches end_command (where its user is read): its note
-            # names the user it was judged by (Session.facts_for).
+            # names the user it was judged by (_facts_for).
             cmd.user = login_user(raw)
         self.commands.refuse(cmd, literal, block_answer(notes, cmd, verdict.block))
         return True
