@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from imapproxy.demo.dovecot import Dovecot, dovecot_binary
-from tests.support.messages import ImapAccount, make_message
-
-IMAP_PASSWORD = "pw-secret-123"
-
-_user_numbers = itertools.count(1)
+from tests.support.accounts import Account, new_account
+from tests.support.messages import make_message
 
 SeedMessage = Callable[..., bytes]
 
@@ -47,11 +43,9 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
 
 
 @pytest.fixture
-def imap_user(dovecot: Dovecot) -> ImapAccount:
+def imap_user(dovecot: Dovecot) -> Account:
     """A brand-new user with an empty mailbox, valid for LOGIN right away."""
-    account = ImapAccount(name=f"u{next(_user_numbers)}", password=IMAP_PASSWORD)
-    dovecot.add_user(account.name, account.password)
-    return account
+    return new_account(dovecot)
 
 
 @pytest.fixture
@@ -65,7 +59,7 @@ def seed_message(dovecot: Dovecot) -> SeedMessage:
     """
 
     def seed(
-        account: ImapAccount,
+        account: Account,
         message: bytes | None = None,
         *,
         folder: str = "INBOX",

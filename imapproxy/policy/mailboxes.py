@@ -1,4 +1,4 @@
-"""Mailbox names: decoding for globs and the rewrite_mailbox mapping table.
+"""Mailbox names: the rewrite_mailbox mapping table (the encodings are in wire/grammar.py).
 
 Names travel as wire bytes: modified UTF-7, or UTF-8 once the client enabled UTF8=ACCEPT
 (RFC 6855). Mapping works on those bytes prefix-wise, so the part of a name after a mapped
@@ -20,49 +20,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Modified UTF-7 is grammar (wire/grammar.py); re-exported here for the policy's users.
-from imapproxy.wire.grammar import decode_mutf7, encode_mutf7
+# The encodings of a name (modified UTF-7, UTF-8, INBOX) are grammar (wire/grammar.py, where
+# the session reads them too); re-exported here for the policy's users.
+from imapproxy.wire.grammar import (
+    canonical_inbox,
+    decode_mailbox,
+    decode_mutf7,
+    encode_mailbox,
+    encode_mutf7,
+)
 
 __all__ = [
     "MailboxMap",
     "Mapped",
+    "canonical_inbox",
     "decode_mailbox",
     "decode_mutf7",
     "encode_mailbox",
     "encode_mutf7",
 ]
-
-
-def encode_mailbox(name: str, utf8: bool) -> bytes:
-    """The wire form of a decoded name in the session's mode."""
-    return name.encode("utf-8") if utf8 else encode_mutf7(name)
-
-
-def decode_mailbox(wire: bytes, utf8: bool = False, delimiter: bytes | None = b"/") -> str:
-    """The name as a ``str`` for glob matching; never raises.
-
-    Invalid modified UTF-7 falls back to the bytes as UTF-8 with replacement characters, so
-    a malformed name still matches ``*``-style globs. INBOX is case-insensitive in IMAP:
-    ``inbox`` (and ``inbox/x``) is matched as ``INBOX``.
-    """
-    wire = canonical_inbox(wire, delimiter)
-    if b"&" not in wire and wire.isascii():
-        return wire.decode("ascii")  # the common case: nothing to decode
-    if utf8 or not wire.isascii():
-        return wire.decode("utf-8", "replace")
-    try:
-        return decode_mutf7(wire)
-    except ValueError:
-        return wire.decode("utf-8", "replace")
-
-
-def canonical_inbox(wire: bytes, delimiter: bytes | None) -> bytes:
-    """Upper-case a leading INBOX component; other components stay case-sensitive."""
-    if wire[:5].upper() == b"INBOX" and (
-        len(wire) == 5 or (delimiter is not None and wire[5:].startswith(delimiter))
-    ):
-        return b"INBOX" + wire[5:]
-    return wire
 
 
 def _canonical_rule_name(wire: bytes) -> bytes:

@@ -18,11 +18,13 @@ every server byte reaches the client, except:
 Where each job lives (one module each; ``held.py`` has the glossary of the words used):
 
 * ``core.py``      ``Session``: the API, the two drain loops, event dispatch, shared state;
-* ``commands.py``  ``ClientCommands``: client events (forward, hold, refuse, answer locally);
+* ``commands.py``  ``ClientCommands``: client events (forward, refuse, answer locally);
+* ``judging.py``   ``RuleJudge``: rules on client commands (verdicts on the first line, the
+  command held for its arguments and released);
 * ``responses.py`` ``ServerResponses``: server events (capability filtering, mailbox and
   status-text rewriting, continuations, tagged answers and the state they change);
 * ``inflight.py``  ``InFlight``: commands in flight by tag, duplicate tags, the proxy's own
-  answers ordered behind forwarded commands;
+  answers ordered behind forwarded commands; what the session reads from LOGIN/SELECT;
 * ``held.py``      held commands and ``ReleaseQueue`` (segments waiting for the upstream's
   ``+``, what is queued behind them);
 * ``login.py``     ``UpstreamLogin``: greeting, STARTTLS/COMPRESS, login observation (the
@@ -68,6 +70,18 @@ Always:
   forwarded before them has its server answer, so the client sees answers in order.
 * STARTTLS is answered after the commands before it, and only before login (``BAD``
   once authenticated, RFC 9051 6.2.1); between its OK and the handshake ``client_paused``.
+
+Pre-authentication phase (per-user routing, next). Today the upstream greets and
+authenticates the client and ``Session.login`` (``UpstreamLogin``, ``login.py``) only looks
+on; every not-authenticated-state decision already goes through it (greeting, STARTTLS,
+COMPRESS, SASL lines, login outcome). The phase in which the proxy greets and
+authenticates the client itself, then picks the upstream, is a second class with the
+same role installed as ``Session.login`` while ``user`` is None: ``ClientCommands.command``
+hands it every command before login (where it now hands it STARTTLS and AUTHENTICATE),
+it answers them locally, and once the user is known it asks the driver for that
+upstream (a new ``Output`` action) and consumes the upstream's greeting and login
+answer (``ServerResponses._untagged``'s greeting branch). The in-flight table, held
+commands and response rewriting are unchanged by it.
 """
 
 from __future__ import annotations
@@ -77,7 +91,7 @@ from collections.abc import Callable
 
 from imapproxy.session.commands import MAX_CONSECUTIVE_BAD, ClientCommands
 from imapproxy.session.held import ReleaseQueue
-from imapproxy.session.inflight import InFlight, InFlightCommand
+from imapproxy.session.inflight import InFlight
 from imapproxy.session.login import UpstreamLogin
 from imapproxy.session.output import CommandDone, Output, ProtocolIssue
 from imapproxy.session.responses import ServerResponses
@@ -99,7 +113,6 @@ from imapproxy.wire import (
     ServerParser,
 )
 from imapproxy.wire.capabilities import CapabilityFilter, shared_filter
-from imapproxy.wire.sasl import login_user
 
 __all__ = ["MAX_CONSECUTIVE_BAD", "STATE_CHANGING", "Session", "SessionSettings"]
 
@@ -137,21 +150,10 @@ class Session:
     ``selected`` (the mailbox the upstream has selected, client-side name, or None),
     ``client_paused``, ``backlog``, ``settings``.
 
-    Pre-authentication phase (per-user routing, next): today the upstream greets and
-    authenticates the client and ``self.login`` (``UpstreamLogin``, ``login.py``) only looks
-    on; every not-authenticated-state decision already goes through it (greeting, STARTTLS,
-    COMPRESS, SASL lines, login outcome). The phase in which the proxy greets and
-    authenticates the client itself, then picks the upstream, is a second class with the
-    same role installed as ``self.login`` while ``user`` is None: ``ClientCommands.command``
-    hands it every command before login (where it now hands it STARTTLS and AUTHENTICATE),
-    it answers them locally, and once the user is known it asks the driver for that
-    upstream (a new ``Output`` action) and consumes the upstream's greeting and login
-    answer (``ServerResponses._untagged``'s greeting branch). The in-flight table, held
-    commands and response rewriting are unchanged by it.
-
     Attributes the handlers share (not for the driver): ``out`` (the ``Output`` being
-    built), ``client``/``server`` (the parsers), ``inflight``, ``release_queue``, ``login``,
-    ``caps``, ``commands``, ``responses``, ``clock``, ``tls_starting``.
+    built), ``client``/``server`` (the parsers), ``inflight``, ``release_queue``, ``login``
+    (the seam for a pre-authentication phase, module docstring), ``caps``, ``commands``,
+    ``responses``, ``clock``, ``tls_starting``.
     """
 
     def __init__(self, settings: SessionSettings, clock: Callable[[], float] = time.monotonic):
@@ -331,14 +333,6 @@ class Session:
     def facts(self) -> SessionFacts:
         """What the policy judges this session's next command or response by, now."""
         return self.make_facts(self.user, self.selected)
-
-    def facts_for(self, cmd: InFlightCommand, raw: bytes) -> SessionFacts:
-        """Facts for deciding ``cmd``: a login is judged by the user it names."""
-        if cmd.name == "AUTHENTICATE" and cmd.user is not None:
-            return self.make_facts(cmd.user, self.selected)
-        if cmd.name == "LOGIN" and self.user is None:
-            return self.make_facts(login_user(raw), self.selected)
-        return self.facts()
 
     def make_facts(self, user: str | None, selected: str | None) -> SessionFacts:
         return self.settings.facts(self.settings.client_ip, user, selected, self.utf8)

@@ -12,11 +12,22 @@ command forwarded before it. ``InFlight`` keeps both halves of that bookkeeping:
 
 Queued answers count in ``queued_bytes`` (part of the session's backlog) and their tags in
 the duplicate-tag check (a tag is in flight until the client has its answer).
+
+``observe_arguments`` reads the facts the session tracks from an observed command's bytes
+(``OBSERVED``: LOGIN's user, SELECT/EXAMINE's mailbox) once the command is complete.
 """
 
 from __future__ import annotations
 
 from imapproxy.session.output import CommandDone
+from imapproxy.wire.grammar import decode_mailbox
+from imapproxy.wire.sasl import login_user
+from imapproxy.wire.tokens import TokenError, parse_command
+
+LOGINS = ("LOGIN", "AUTHENTICATE")
+# Commands whose arguments the session reads for itself (user, selected mailbox): their
+# bytes are kept in ``InFlightCommand.capture`` while small, then ``observe_arguments``.
+OBSERVED = frozenset({"LOGIN", "SELECT", "EXAMINE"})
 
 
 class InFlightCommand:
@@ -67,6 +78,23 @@ class InFlightCommand:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
         )
+
+
+def observe_arguments(cmd: InFlightCommand) -> None:
+    """Read what the session tracks from a complete observed command (``cmd.capture``):
+    LOGIN's user, SELECT/EXAMINE's mailbox."""
+    assert cmd.capture is not None
+    raw = b"".join(cmd.capture)
+    cmd.capture = None
+    if cmd.name == "LOGIN":
+        cmd.user = login_user(raw)
+        return
+    try:  # SELECT / EXAMINE
+        args = parse_command(raw).args
+    except TokenError:
+        return
+    value = args[0].astring() if args else None
+    cmd.mailbox = decode_mailbox(value) if value is not None else None
 
 
 class InFlight:

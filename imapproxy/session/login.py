@@ -7,8 +7,8 @@ inspector's sight), reads the user a LOGIN or a SASL exchange names (never the s
 rules block an AUTHENTICATE once its user is known, and notes a login's outcome.
 
 A pre-authentication phase (the proxy greets and authenticates the client itself, then
-picks the upstream by user) replaces this object: see ``Session``'s docstring for where
-the session hands over to it.
+picks the upstream by user) replaces this object: see ``session/core.py``'s module
+docstring for where the session hands over to it.
 
 Credentials: the ``raw`` bytes of LOGIN and SASL lines pass through here; only user names
 leave (in ``InFlightCommand.user`` and ``LoginDone``).
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imapproxy.session.commands import block_answer
 from imapproxy.session.inflight import InFlightCommand
+from imapproxy.session.judging import block_answer
 from imapproxy.session.output import LoginDone, RuleHit
 from imapproxy.wire import ProtocolError
 from imapproxy.wire.sasl import sasl_user

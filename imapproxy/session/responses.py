@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imapproxy.session.commands import LOGINS
-from imapproxy.session.inflight import InFlightCommand
+from imapproxy.session.inflight import LOGINS, InFlightCommand
 from imapproxy.session.output import ResponseLogged
 from imapproxy.wire import LiteralData, Response, ResponseKind, ResponsePart
 from imapproxy.wire.grammar import MAILBOX_RESPONSES  # rewritten upstream->client by rules

@@ -17,6 +17,7 @@ from .events import (
     ResponseKind,
     ResponsePart,
     SaslResponse,
+    Sentinel,
     ServerEvent,
 )
 from .server import ServerParser
@@ -38,6 +39,7 @@ __all__ = [
     "ResponseKind",
     "ResponsePart",
     "SaslResponse",
+    "Sentinel",
     "ServerEvent",
     "ServerParser",
 ]

@@ -61,27 +61,24 @@ from __future__ import annotations
 import enum
 
 from . import grammar
+from .command_line import command_head, literal_starts_argument
 from .errors import ProtocolError
 from .events import (
     CLOSED,
-    NEED_DATA,
     PAUSED,
     ClientEvent,
     Command,
     CommandPart,
     EmptyLine,
     IdleDone,
+    LiteralData,
     LiteralHeader,
     SaslResponse,
-    _Sentinel,
+    Sentinel,
 )
-from .framing import Framer, literal_at_end
+from .parser_base import DirectionParser
 
 DEFAULT_MAX_LINE = grammar.DEFAULT_MAX_LINE
-
-_HEAD = grammar.COMMAND_HEAD_RE  # tag SP command-name
-_NAME = grammar.COMMAND_NAME_RE  # the UID sub-command
-_TAG_ONLY = grammar.TAG_RE
 
 # What a command that waits for the server turns into on a continuation request.
 _WAITING_COMMANDS = {
@@ -90,38 +87,6 @@ _WAITING_COMMANDS = {
     "STARTTLS": "",
     "COMPRESS": "",
 }
-
-
-# Commands that take no arguments: a server skips whatever follows the name on their line.
-_NO_ARGUMENTS = frozenset(
-    {
-        "CAPABILITY",
-        "CHECK",
-        "CLOSE",
-        "EXPUNGE",
-        "IDLE",
-        "LOGOUT",
-        "NAMESPACE",
-        "NOOP",
-        "STARTTLS",
-        "UNAUTHENTICATE",
-        "UNSELECT",
-    }
-)
-_QUOTED = grammar.QUOTED_RE
-_LITERAL_START = grammar.LITERAL_AT_END_RE
-
-
-def _literal_well_placed(line: bytes, args_start: int) -> bool:
-    """Whether the literal announced at the end of ``line`` starts an argument: it follows a
-    space or "(" and no quoted string is left open before it."""
-    m = _LITERAL_START.search(line, max(args_start, len(line) - grammar.LITERAL_TAIL))
-    if m is None:
-        return False
-    start = m.start()
-    if start <= args_start or line[start - 1 : start] not in (b" ", b"("):
-        return False
-    return b'"' not in _QUOTED.sub(b"", line[args_start:start])
 
 
 class _State(enum.Enum):
@@ -138,32 +103,45 @@ class _State(enum.Enum):
 _AFTER_CONTINUATION = (_State.SASL_LINE, _State.IDLE_LINE)
 
 
-class ClientParser:
+class ClientParser(DirectionParser):
+    """The client direction's parser (module docstring: states, pauses, dropped commands).
+
+    Contract: ``receive_data`` adds bytes (``b""``: the client closed); ``next_event``
+    returns the next ``ClientEvent``, or ``NEED_DATA``, ``PAUSED`` (nothing is read until
+    ``continuation_received`` or ``command_finished`` resumes it) or ``CLOSED`` (clean end
+    between commands, then always ``CLOSED``). A line a server answers ``BAD`` raises a
+    non-fatal ``ProtocolError`` (already consumed, with the rest of its command; parsing
+    goes on); a fatal one leaves the parser closed. Every event carries its exact bytes.
+    """
+
     __slots__ = (
         "_dropping",
-        "_framer",
         "_name",
         "_pending_literal",
         "_silent",
-        "_state",
         "_tag",
         "_wait_next",
         "barrier_commands",
         "confirm_literals",
     )
 
+    _READY = _State.COMMAND
+    _CLOSED = _State.CLOSED
+    _AFTER_LITERAL = _State.COMMAND_REST
+    _ENDED_INSIDE = "connection closed in the middle of a command"
+    _PIPELINED_BEFORE_TLS = "data pipelined after STARTTLS"
+
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         # Over-long lines stream as pieces (bounded memory); the session decides whether a
         # command may go on without the proxy seeing its whole line.
-        self._framer = Framer(max_line, split_long_lines=True)
-        self._state = _State.COMMAND
+        super().__init__(max_line)
         self._tag = b""  # the command being read (or waited for)
         self._name = ""
         self._pending_literal = 0  # size of a synchronising literal awaiting "+"
         self._wait_next: _State | None = None  # where WAIT_SERVER goes on "+"
         # When set, a non-synchronising literal waits for the server's "+" like {n}: the
         # session forwards it as {n}, so the server, not the proxy, decides whether the
-        # next bytes are payload or a command (see session.py, "confirmed literals").
+        # next bytes are payload or a command (see session/core.py, "confirmed literals").
         self.confirm_literals = False
         self._silent = False  # the awaited "+" answers a {n+}: the client expects none
         # Commands after which the parser waits for the tagged answer before reading the
@@ -175,12 +153,10 @@ class ClientParser:
         # parsed as commands (see command_finished).
         self._dropping = False
 
-    # -- input ----------------------------------------------------------------------
-    def receive_data(self, data: bytes | bytearray) -> None:
-        self._framer.receive_data(data)
-
+    # -- state, for the session -----------------------------------------------------
     @property
     def paused(self) -> bool:
+        """The parser waits for the server (a ``+`` or a tagged answer) before reading on."""
         return self._state in (_State.WAIT_CONTINUATION, _State.WAIT_SERVER)
 
     @property
@@ -243,37 +219,22 @@ class ClientParser:
         elif self._state is _State.WAIT_CONTINUATION:  # its "+" never comes
             self._state = _State.COMMAND
 
-    def start_tls(self) -> None:
-        """STARTTLS succeeded: plain-text parsing restarts on the TLS stream. Bytes the client
-        pipelined after STARTTLS must never be read as commands (CVE-2011-0411 class)."""
-        if self._framer.buffered:
-            raise ProtocolError("data pipelined after STARTTLS", fatal=True)
-        self._state = _State.COMMAND
-
     # -- events ---------------------------------------------------------------------
-    def next_event(self) -> ClientEvent | _Sentinel:
+    def next_event(self) -> ClientEvent | Sentinel:
+        """The next event (class docstring); raises ``ProtocolError`` for a refused line."""
         if self._dropping:
             return self._next_after_drop()
         state = self._state
-        framer = self._framer
         if state is _State.LITERAL:
-            data = framer.next_literal_data()
-            if data is None:
-                return self._starved()
-            if data.last:
-                self._state = _State.COMMAND_REST
-            return data
+            return self._literal_data()
         if state is _State.WAIT_CONTINUATION or state is _State.WAIT_SERVER:
             return PAUSED
         if state is _State.CLOSED:
             return CLOSED
-        try:
-            got = framer.next_line()
-        except ProtocolError:
-            self._state = _State.CLOSED
-            raise
+        # With split_long_lines the framer never raises: a long line comes as pieces.
+        got = self._framer.next_line()
         if got is None:
-            return self._starved()
+            return self._input_exhausted()
         line, whole = got
         if state is _State.COMMAND:
             return self._command(line, whole)
@@ -281,9 +242,7 @@ class ClientParser:
             if not whole:  # a piece of an over-long line; the line goes on
                 return CommandPart(line, None, partial=True)
             literal = self._literal(line)
-            if literal is not None and (
-                self._name in _NO_ARGUMENTS or not _literal_well_placed(line, 0)
-            ):
+            if literal is not None and not literal_starts_argument(self._name, line, 0):
                 # Servers end the command at this syntax error and read what follows as a
                 # new command; so does the proxy, and checks it like any other.
                 literal = None
@@ -298,25 +257,18 @@ class ClientParser:
         self._state = _State.COMMAND  # IDLE_LINE: any line ends IDLE, as servers treat it
         return IdleDone(line)
 
-    def _next_after_drop(self) -> ClientEvent | _Sentinel:
+    def _next_after_drop(self) -> ClientEvent | Sentinel:
         """Consume the rest of a dropped command, then parse on (bounded: each round
         consumes input or returns)."""
-        framer = self._framer
         while self._dropping:
             if self._state is _State.LITERAL:
-                data = framer.next_literal_data()
-                if data is None:
-                    return self._starved()
-                if data.last:
-                    self._state = _State.COMMAND_REST
+                data = self._literal_data()
+                if not isinstance(data, LiteralData):
+                    return data
                 continue
-            try:
-                got = framer.next_line()
-            except ProtocolError:
-                self._state = _State.CLOSED
-                raise
+            got = self._framer.next_line()
             if got is None:
-                return self._starved()
+                return self._input_exhausted()
             self._drop_line(*got)
         return self.next_event()
 
@@ -335,24 +287,13 @@ class ClientParser:
     def _command(self, line: bytes, whole: bool) -> Command | EmptyLine:
         if line == b"\r\n" or line == b"\n":
             return EmptyLine(line)
-        m = _HEAD.match(line)
-        if m is None:
-            t = _TAG_ONLY.match(line)
-            tag = t.group() if t is not None and line[t.end() : t.end() + 1] == b" " else None
+        try:
+            tag, name, arguments_start = command_head(line)
+        except ProtocolError:
             self._skip_bad_command(line, whole)
-            raise ProtocolError("malformed command line", fatal=False, tag=tag)
-        tag = m.group(1)
-        name = m.group(2).decode("ascii").upper()
-        if name == "UID":
-            sub = _NAME.match(line, m.end() + 1)
-            if sub is None:
-                self._skip_bad_command(line, whole)
-                raise ProtocolError("UID needs a command", fatal=False, tag=tag)
-            name = "UID " + sub.group(1).decode("ascii").upper()
+            raise
         literal = self._literal(line)
-        if literal is not None and (
-            name in _NO_ARGUMENTS or not _literal_well_placed(line, m.end())
-        ):
+        if literal is not None and not literal_starts_argument(name, line, arguments_start):
             # The server would not read this as a literal (a command without arguments, a
             # "{" glued to an atom or inside an open quote) and would run the payload as a
             # command of its own. Never forwarded: answered BAD, the payload skipped.
@@ -365,13 +306,6 @@ class ClientParser:
             return Command(tag, name, line, None, partial=True)
         self._after_line(literal)
         return Command(tag, name, line, literal)
-
-    def _literal(self, line: bytes) -> LiteralHeader | None:
-        try:
-            return literal_at_end(line)
-        except ProtocolError:
-            self._state = _State.CLOSED
-            raise
 
     def _after_line(self, literal: LiteralHeader | None) -> None:
         if literal is None:
@@ -413,12 +347,3 @@ class ClientParser:
             self._begin_literal(literal.size)
         else:
             self._state = _State.COMMAND
-
-    def _starved(self) -> _Sentinel:
-        if not self._framer.eof:
-            return NEED_DATA
-        if self._state is _State.COMMAND and not self._framer.buffered:
-            self._state = _State.CLOSED
-            return CLOSED
-        self._state = _State.CLOSED
-        raise ProtocolError("connection closed in the middle of a command", fatal=True)

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from typing import Final
 
 
-class _Sentinel(enum.Enum):
+class Sentinel(enum.Enum):
+    """What ``next_event`` returns when it has no event: compare with ``is``."""
+
     NEED_DATA = "NEED_DATA"  # nothing more can be parsed until receive_data() brings bytes
     PAUSED = "PAUSED"  # the parser waits for the other direction (see ClientParser)
     CLOSED = "CLOSED"  # end of stream reached cleanly between commands/responses
 
 
-NEED_DATA: Final = _Sentinel.NEED_DATA
-PAUSED: Final = _Sentinel.PAUSED
-CLOSED: Final = _Sentinel.CLOSED
+NEED_DATA: Final = Sentinel.NEED_DATA
+PAUSED: Final = Sentinel.PAUSED
+CLOSED: Final = Sentinel.CLOSED
 
 
 @dataclass(frozen=True, slots=True)

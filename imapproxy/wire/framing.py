@@ -52,6 +52,15 @@ class LineTooLong(ProtocolError):
 
 
 class Framer:
+    """One direction's buffer, cut into lines and literal payload (module docstring).
+
+    Contract: ``receive_data`` appends (``b""``: EOF); ``next_line`` hands out the next
+    line with its LF, or a piece of an over-long one, or None (more input needed); after
+    ``start_literal(n)``, ``next_literal_chunk``/``next_literal_data`` hand out exactly n
+    bytes of payload in pieces. It never interprets a line: the parser decides when a
+    literal starts. Bytes handed out are never handed out again.
+    """
+
     __slots__ = ("_buf", "_eof", "_literal_left", "_max_line", "_pos", "_scan", "_split")
 
     def __init__(self, max_line: int, *, split_long_lines: bool) -> None:

@@ -213,6 +213,42 @@ def decode_mutf7(wire: bytes) -> str:
     return "".join(out)
 
 
+# The wire form of a name follows the session's mode: UTF-8 once UTF8=ACCEPT is enabled
+# (RFC 6855), modified UTF-7 before. "INBOX" is case-insensitive, and so is the first
+# component of a name under it (``inbox/x`` is ``INBOX/x``, RFC 9051 5.1); the other
+# components are case-sensitive.
+def encode_mailbox(name: str, utf8: bool) -> bytes:
+    """The wire form of a decoded name in the session's mode."""
+    return name.encode("utf-8") if utf8 else encode_mutf7(name)
+
+
+def decode_mailbox(wire: bytes, utf8: bool = False, delimiter: bytes | None = b"/") -> str:
+    """The name as a ``str`` (for glob matching and for the session's view); never raises.
+
+    Invalid modified UTF-7 falls back to the bytes as UTF-8 with replacement characters, so
+    a malformed name still matches ``*``-style globs. A leading INBOX component is upper
+    case (``canonical_inbox``).
+    """
+    wire = canonical_inbox(wire, delimiter)
+    if b"&" not in wire and wire.isascii():
+        return wire.decode("ascii")  # the common case: nothing to decode
+    if utf8 or not wire.isascii():
+        return wire.decode("utf-8", "replace")
+    try:
+        return decode_mutf7(wire)
+    except ValueError:
+        return wire.decode("utf-8", "replace")
+
+
+def canonical_inbox(wire: bytes, delimiter: bytes | None) -> bytes:
+    """Upper-case a leading INBOX component; other components stay case-sensitive."""
+    if wire[:5].upper() == b"INBOX" and (
+        len(wire) == 5 or (delimiter is not None and wire[5:].startswith(delimiter))
+    ):
+        return b"INBOX" + wire[5:]
+    return wire
+
+
 # -- responses that carry mailbox names --------------------------------------------------
 #   mailbox-data   = "LIST" SP mailbox-list / "LSUB" SP mailbox-list /
 #                    "STATUS" SP mailbox SP "(" [status-att-list] ")" / ...

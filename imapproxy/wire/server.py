@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-Same contract as ``ClientParser``: ``receive_data`` then ``next_event`` until ``NEED_DATA``.
+Same contract as ``ClientParser``: ``receive_data`` then ``next_event`` until ``NEED_DATA``;
+the steps both share (input, literal payload, EOF, STARTTLS) are in ``parser_base.py``.
 The server direction needs no answer from the client to be framed: server literals are
 never synchronising, so every ``{n}`` at a line end is followed by n bytes at once.
 
@@ -21,18 +22,16 @@ from __future__ import annotations
 import enum
 
 from . import grammar
-from .errors import ProtocolError
 from .events import (
     CLOSED,
-    NEED_DATA,
     LiteralHeader,
     Response,
     ResponseKind,
     ResponsePart,
+    Sentinel,
     ServerEvent,
-    _Sentinel,
 )
-from .framing import Framer, literal_at_end
+from .parser_base import DirectionParser
 
 DEFAULT_MAX_LINE = grammar.DEFAULT_MAX_LINE
 
@@ -47,57 +46,45 @@ class _State(enum.Enum):
     CLOSED = enum.auto()
 
 
-class ServerParser:
-    __slots__ = ("_framer", "_state")
+class ServerParser(DirectionParser):
+    """The server direction's parser (module docstring).
+
+    Contract: ``receive_data`` adds bytes (``b""``: the server closed); ``next_event``
+    returns the next ``ServerEvent``, ``NEED_DATA``, or ``CLOSED`` (clean end between
+    responses, then always ``CLOSED``); it never pauses. Bytes that are no IMAP framing
+    (a literal size out of range, EOF inside a response) raise a fatal ``ProtocolError``
+    and leave the parser closed. Every event carries its exact bytes.
+    """
+
+    __slots__ = ()
+
+    _READY = _State.RESPONSE
+    _CLOSED = _State.CLOSED
+    _AFTER_LITERAL = _State.REST
+    _ENDED_INSIDE = "server closed the connection in the middle of a response"
+    _PIPELINED_BEFORE_TLS = "data pipelined after the server's STARTTLS answer"
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
-        self._framer = Framer(max_line, split_long_lines=True)
-        self._state = _State.RESPONSE
+        super().__init__(max_line)
 
-    def receive_data(self, data: bytes | bytearray) -> None:
-        self._framer.receive_data(data)
-
-    @property
-    def buffered(self) -> int:
-        return self._framer.buffered
-
-    def take_rest(self) -> bytes:
-        """Every byte received and not yet parsed (handed on when another reader takes over)."""
-        return self._framer.take_rest()
-
-    def start_tls(self) -> None:
-        """The proxy's STARTTLS to the server succeeded; nothing may have been sent after the
-        tagged OK in plain text (that would be injected into the TLS session)."""
-        if self._framer.buffered:
-            raise ProtocolError("data pipelined after the server's STARTTLS answer", fatal=True)
-        self._state = _State.RESPONSE
-
-    def next_event(self) -> ServerEvent | _Sentinel:
+    def next_event(self) -> ServerEvent | Sentinel:
+        """The next event (class docstring)."""
         state = self._state
-        framer = self._framer
         if state is _State.LITERAL:
-            data = framer.next_literal_data()
-            if data is None:
-                return self._starved()
-            if data.last:
-                self._state = _State.REST
-            return data
+            return self._literal_data()
         if state is _State.CLOSED:
             return CLOSED
+        framer = self._framer
         got = framer.next_line()
         if got is None:
-            return self._starved()
+            return self._input_exhausted()
         line, complete = got
         if not complete:
             self._state = _State.PIECE
             if state is _State.RESPONSE:
                 return self._response(line, None, partial=True)
             return ResponsePart(line, None, partial=True)
-        try:
-            literal = literal_at_end(line)
-        except ProtocolError:
-            self._state = _State.CLOSED
-            raise
+        literal = self._literal(line)
         if literal is None:
             self._state = _State.RESPONSE
         elif literal.size:
@@ -120,12 +107,3 @@ class ServerParser:
         kind = ResponseKind.UNTAGGED if tag == b"*" else ResponseKind.TAGGED
         word = m.group(2).decode("ascii").upper()
         return Response(kind, tag, word, line, literal, partial)
-
-    def _starved(self) -> _Sentinel:
-        if not self._framer.eof:
-            return NEED_DATA
-        clean = self._state is _State.RESPONSE and not self._framer.buffered
-        self._state = _State.CLOSED
-        if clean:
-            return CLOSED
-        raise ProtocolError("server closed the connection in the middle of a response", fatal=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -14,20 +13,6 @@ from imapproxy.config.loader import Address, Config, Limits, MetricsConfig, Upst
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
-
-_accounts = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Account:
-    name: str
-    password: str
-
-
-def new_account(dovecot: Dovecot) -> Account:
-    account = Account(f"e2e{next(_accounts)}", "pw-secret-123")
-    dovecot.add_user(account.name, account.password)
-    return account
 
 
 @dataclass

@@ -32,9 +32,8 @@ from pathlib import Path
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import Account, new_account
 from tests.support.childproxy import ChildProxy
-
-from .conftest import Account, new_account
 
 CLIENTS = 20
 MESSAGES_PER_CLIENT = 20 * int(os.environ.get("IMAPPROXY_STRESS", "1"))

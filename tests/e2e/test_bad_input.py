@@ -11,9 +11,10 @@ import pytest
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import new_account
 from tests.support.rawimap import RawIMAP
 
-from .conftest import RunningProxy, new_account
+from .conftest import RunningProxy
 
 
 def _read_all(sock: socket.socket, limit: int = 1 << 22) -> bytes:

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import new_account
 from tests.support.rawimap import RawIMAP
-
-from .conftest import new_account
 
 
 def _free_port() -> int:

@@ -17,6 +17,7 @@ import trio
 from imapproxy.config.loader import Address, Config, Listen, Upstream
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.wire.proxy_protocol import encode_v2
+from tests.support.accounts import Account, new_account
 from tests.support.rawimap import RawIMAP
 from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
@@ -27,7 +28,7 @@ from tests.support.tls import (  # noqa: F401 - the *_fixture imports register t
     pki_fixture,
 )
 
-from .conftest import Account, ProxyFactory, new_account
+from .conftest import ProxyFactory
 
 _sources = (f"127.0.0.{n}" for n in itertools.count(20))  # one fresh client address per use
 Mode = Literal["proxy_v2", "id"]

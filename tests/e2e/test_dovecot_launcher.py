@@ -15,7 +15,8 @@ import trustme
 from imapproxy.demo.banner import DEMO_PASSWORD, DEMO_USER, demo_banner, start_demo_upstream
 from imapproxy.demo.dovecot import Dovecot, TLSFiles
 from tests.conftest import SeedMessage
-from tests.support.messages import ImapAccount, make_message
+from tests.support.accounts import Account
+from tests.support.messages import make_message
 
 pytestmark = pytest.mark.dovecot
 
@@ -38,7 +39,7 @@ def _fetch_all(conn: imaplib.IMAP4, mailbox: str) -> list[tuple[bytes, bytes]]:
 
 
 def test_user_added_at_run_time_can_log_in_and_failures_stay_fast(
-    dovecot: Dovecot, imap_user: ImapAccount
+    dovecot: Dovecot, imap_user: Account
 ) -> None:
     with (
         imaplib.IMAP4(*dovecot.address, timeout=10) as conn,
@@ -56,7 +57,7 @@ def test_user_added_at_run_time_can_log_in_and_failures_stay_fast(
 
 
 def test_delivered_messages_fetch_byte_identical(
-    dovecot: Dovecot, imap_user: ImapAccount, seed_message: SeedMessage
+    dovecot: Dovecot, imap_user: Account, seed_message: SeedMessage
 ) -> None:
     plain = seed_message(imap_user, size=2_000, subject="plain")
     utf8 = seed_message(imap_user, size=3_000, subject="Grüße", eight_bit=True, flags="S")

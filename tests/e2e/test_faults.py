@@ -15,8 +15,9 @@ from imapproxy.config.loader import Address, Config, Limits, Upstream
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.net.upstream import make_upstream_connector
 from imapproxy.telemetry.recorder import Telemetry
+from tests.support.accounts import new_account
 
-from .conftest import ProxyFactory, RunningProxy, new_account
+from .conftest import ProxyFactory, RunningProxy
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

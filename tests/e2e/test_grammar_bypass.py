@@ -15,9 +15,10 @@ import trio
 
 from imapproxy.config.loader import load_config
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import Account, new_account
 from tests.support.rawimap import RawIMAP
 
-from .conftest import Account, ProxyFactory, new_account
+from .conftest import ProxyFactory
 
 PER_USER_BLOCK = """
 rules:

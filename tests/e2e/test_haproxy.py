@@ -20,6 +20,7 @@ import pytest
 
 from imapproxy.config.loader import load_config
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import new_account
 from tests.support.rawimap import RawIMAP
 from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
@@ -27,8 +28,6 @@ from tests.support.tls import (  # noqa: F401 - the *_fixture imports register t
     log_since,
     pki_fixture,
 )
-
-from .conftest import new_account
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 IMAPPROXY = [sys.executable, "-m", "imapproxy"]

@@ -28,9 +28,10 @@ from imapproxy.config.loader import Config, ControlConfig, load_config
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.telemetry.metrics import Metrics
 from imapproxy.telemetry.recorder import Telemetry
+from tests.support.accounts import Account, new_account
 from tests.support.rawimap import RawIMAP
 
-from .conftest import Account, ProxyFactory, RunningProxy, new_account
+from .conftest import ProxyFactory, RunningProxy
 
 SECRETS = ("pw-secret-123", "s3cr3t-quoted", "lit-secret-99", "ya29.TOKEN-xoauth2-SECRET")
 

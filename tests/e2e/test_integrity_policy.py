@@ -16,9 +16,10 @@ import trio
 
 from imapproxy.config.loader import Config, load_config
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import Account, new_account
 from tests.support.rawimap import RawIMAP
 
-from .conftest import Account, ProxyFactory, new_account
+from .conftest import ProxyFactory
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 MESSAGE = b"Subject: kept\r\nFrom: a@example.com\r\n\r\nArchived body\r\n"

@@ -15,10 +15,11 @@ import trio
 from imapproxy.config.loader import ClientTLS, Config, load_config
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.session.core import Session
+from tests.support.accounts import Account, new_account
 from tests.support.rawimap import RawIMAP
 from tests.support.tls import PKI, pki_fixture  # noqa: F401 - registers the pki fixture
 
-from .conftest import Account, ProxyFactory, RunningProxy, new_account
+from .conftest import ProxyFactory, RunningProxy
 
 READ_ONLY_ARCHIVE = Path(__file__).parents[2] / "rules" / "read-only-archive.yaml"
 SPLITS = pytest.mark.parametrize("bytewise", [False, True], ids=["one-write", "bytewise"])

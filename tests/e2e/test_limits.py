@@ -16,9 +16,10 @@ from imapproxy.config.loader import Config, Limits, LoginFailures
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.telemetry.metrics import Metrics
 from imapproxy.telemetry.recorder import Telemetry
+from tests.support.accounts import new_account
 from tests.support.rawimap import RawIMAP
 
-from .conftest import ProxyFactory, new_account
+from .conftest import ProxyFactory
 
 
 class ClientFrom(RawIMAP):

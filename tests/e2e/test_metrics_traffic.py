@@ -13,9 +13,10 @@ from imapproxy.config.loader import Address, Config, Upstream, load_config
 from imapproxy.demo.dovecot import Dovecot
 from imapproxy.telemetry.metrics import Metrics
 from imapproxy.telemetry.recorder import Telemetry
+from tests.support.accounts import Account, new_account
 from tests.support.prometheus import PrometheusServer, prometheus_binary
 
-from .conftest import Account, ProxyFactory, new_account
+from .conftest import ProxyFactory
 from .test_dashboard_prometheus import assert_every_panel_has_data
 
 RULES = """

@@ -31,6 +31,7 @@ from imapproxy.demo.dovecot import Dovecot
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
 from imapproxy.wire.proxy_protocol import V2_SIGNATURE, encode_v2
+from tests.support.accounts import Account, new_account
 from tests.support.rawimap import RawIMAP
 from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
@@ -39,7 +40,7 @@ from tests.support.tls import (  # noqa: F401 - the *_fixture imports register t
     pki_fixture,
 )
 
-from .conftest import Account, ProxyFactory, RunningProxy, new_account
+from .conftest import ProxyFactory, RunningProxy
 
 IP = ipaddress.ip_address
 TRUSTED = (ipaddress.ip_network("127.0.0.1/32"),)

@@ -13,9 +13,10 @@ import pytest
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import Account, new_account
 from tests.support.messages import make_message
 
-from .conftest import Account, RunningProxy, new_account
+from .conftest import RunningProxy
 
 MBSYNC = shutil.which("mbsync")
 _TUID = re.compile(rb"^X-TUID: [^\n]*\n", re.MULTILINE)

@@ -12,11 +12,10 @@ import trio
 
 from imapproxy.config.loader import Config, load_config
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import PASSWORD, Account, new_account
 from tests.support.rawimap import RawIMAP
 
-from .conftest import Account, ProxyFactory, RunningProxy, new_account
-
-PASSWORD = "pw-secret-123"  # every test account's password: must never be logged
+from .conftest import ProxyFactory, RunningProxy
 
 BLOCK_AND_REWRITE = """
 rules:

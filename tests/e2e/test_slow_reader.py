@@ -17,9 +17,8 @@ import time
 import pytest
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import Account, new_account
 from tests.support.childproxy import ChildProxy
-
-from .conftest import Account, new_account
 
 MESSAGE_SIZE = 30 * 1024 * 1024
 STALL_SECONDS = 3.0

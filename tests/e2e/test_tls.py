@@ -32,6 +32,7 @@ from imapproxy.demo.dovecot import Dovecot
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.metrics import Metrics
 from imapproxy.telemetry.recorder import Telemetry
+from tests.support.accounts import Account, new_account
 from tests.support.messages import make_message
 from tests.support.rawimap import RawIMAP
 from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
@@ -43,7 +44,7 @@ from tests.support.tls import (  # noqa: F401 - the *_fixture imports register t
     tls_dovecot_fixture,
 )
 
-from .conftest import Account, ProxyFactory, RunningProxy, new_account
+from .conftest import ProxyFactory, RunningProxy
 
 MBSYNC = shutil.which("mbsync")
 _TUID = re.compile(rb"^X-TUID: [^\n]*\n", re.MULTILINE)

@@ -15,9 +15,10 @@ import pytest
 import trio
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import Account, new_account
 from tests.support.rawimap import RawIMAP, normalise
 
-from .conftest import Account, RunningProxy, new_account
+from .conftest import RunningProxy
 
 Script = Callable[[RawIMAP, Account], list[bytes]]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from imapproxy.demo.dovecot import Dovecot
+from tests.support.accounts import new_account
 
-from .conftest import new_account
 from .test_cli import _free_port, _wait_listening
 from .test_limits import ClientFrom
 

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
 from email.header import Header
 
-__all__ = ["ImapAccount", "make_message"]
-
-
-@dataclass(frozen=True)
-class ImapAccount:
-    name: str
-    password: str
-
+__all__ = ["make_message"]
 
 _FILLER = "the quick brown fox jumps over the lazy dog"
 _FILLER_8BIT = "Grüße aus Köln, naïve café, smörgåsbord, 日本語"

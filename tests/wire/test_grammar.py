@@ -184,6 +184,13 @@ def test_modified_utf7_exists_once() -> None:
     assert grammar.encode_mutf7("Entwürfe & Co") == b"Entw&APw-rfe &- Co"
 
 
+def test_mailbox_name_encodings_exist_once() -> None:
+    # The session (SELECT's mailbox) and the policy (globs, the mapping) read names alike.
+    assert mailboxes.decode_mailbox is grammar.decode_mailbox
+    assert mailboxes.encode_mailbox is grammar.encode_mailbox
+    assert mailboxes.canonical_inbox is grammar.canonical_inbox
+
+
 def test_default_line_cap_is_one_constant() -> None:
     assert grammar.DEFAULT_MAX_LINE == 64 * 1024
     assert Limits().max_line == grammar.DEFAULT_MAX_LINE

@@ -27,6 +27,7 @@ from imapproxy.wire import (
     ResponseKind,
     ResponsePart,
     ServerParser,
+    command_line,
 )
 from imapproxy.wire import client as client_module
 from imapproxy.wire import server as server_module
@@ -144,7 +145,7 @@ def test_command_without_arguments_never_takes_a_literal(name: str, announce: by
 
 
 def test_no_argument_list_is_exactly_the_documented_one() -> None:
-    assert sorted(client_module._NO_ARGUMENTS) == NO_ARGUMENTS
+    assert sorted(command_line.NO_ARGUMENTS) == NO_ARGUMENTS
 
 
 @pytest.mark.parametrize("name", ["SELECT", "LOGIN", "APPEND", "XFOO", "ENABLE"])
