@@ -56,10 +56,18 @@ def software_from_id(raw: bytes) -> str | None:
     return f"{name} {version}" if version else name
 
 
+_NO_CANDIDATES: tuple[tuple[Matcher, Rule], ...] = ()
+_UNPARSED = object()
+
+
 class Track:
+    """What the inspector keeps per live session. Per-session memory: nothing it can do
+    without is made up front (the address object is parsed when a tail filter or a kick
+    first asks; no candidate list unless trace rules gave some)."""
+
     __slots__ = (
+        "_client_ip",
         "candidates",
-        "client_ip",
         "commands",
         "id_window",
         "pending",
@@ -81,10 +89,19 @@ class Track:
         self.id_window = ID_WINDOW
         self.transcriber: Transcriber | None = None
         self.user: str | None = None  # named by LOGIN/AUTHENTICATE, even before it succeeds
-        self.client_ip = _ip(view.peer)
+        self._client_ip: object = _UNPARSED
         self.trace: TraceFile | None = None
-        self.candidates: list[tuple[Matcher, Rule]] = []  # trace rules that may still match
+        # Trace rules that may still match.
+        self.candidates: Sequence[tuple[Matcher, Rule]] = _NO_CANDIDATES
         self.pending: list[Record] | None = None  # records kept until the login decides
+
+    @property
+    def client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The client's address (None if ``peer`` is not one), parsed on first use."""
+        ip = self._client_ip
+        if ip is _UNPARSED:
+            ip = self._client_ip = _ip(self.view.peer)
+        return ip  # type: ignore[return-value]
 
 
 class Inspector(BaseObserver):
@@ -101,7 +118,7 @@ class Inspector(BaseObserver):
             rule = self.trace.decide(track.candidates, view.peer, None)
             if rule is not None:
                 track.trace = self.trace.open(view.id, None, rule)
-                track.candidates = []
+                track.candidates = _NO_CANDIDATES
             elif track.candidates:
                 track.pending = []
         self._emit(track, {"event": "open", "client": view.peer, "listener": view.listener})
@@ -184,7 +201,7 @@ class Inspector(BaseObserver):
         rule = None
         if recorder is not None:
             rule = recorder.decide(track.candidates, track.view.peer, user)
-        track.candidates = []
+        track.candidates = _NO_CANDIDATES
         if recorder is not None and rule is not None:
             track.trace = recorder.open(track.view.id, user, rule)
             if track.trace is not None:
