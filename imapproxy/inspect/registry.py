@@ -1,12 +1,12 @@
 """The inspector's observer: live sessions registry, and the source of tail and trace records.
 
 ``Inspector`` is one observer on the session stream (``telemetry.observer``). For each live
-session it keeps a ``Track`` (row facts for ``sessions``, the client's ``ID`` software, and
-while tail or trace needs lines a ``Transcriber``). Line events reach it only while it asks
-for them (``wants_lines``): for the first few client commands of every session (to read the
-client's ``ID``), while a tail reader is attached, and while a trace rule records or may
-still record the session. Otherwise it costs a dictionary entry per session and one
-counter increment per command.
+session it keeps a ``Track`` (row facts for ``sessions``, and while tail or trace needs lines
+a ``Transcriber``). Line events reach it only while it asks for them (``wants_lines``): while
+a tail reader is attached, and while a trace rule records or may still record the session.
+Otherwise it costs a dictionary entry per session and one counter increment per command. The
+client software a row shows comes from the session's ``client_id`` (its ``ID`` command, see
+``Session``), parsed when a row first shows it.
 """
 
 from __future__ import annotations
@@ -26,12 +26,7 @@ from imapproxy.policy.matchers import Matcher
 from imapproxy.policy.model import Rule
 from imapproxy.session.output import CommandDone, LoginDone, Note
 from imapproxy.telemetry.observer import BaseObserver, SessionView
-from imapproxy.wire import Command
 from imapproxy.wire.tokens import TokenError, TokenKind, parse_command
-
-# Client commands read for an ID before the registry stops looking (most clients send ID
-# first or right after logging in).
-ID_WINDOW = 8
 
 
 def software_from_id(raw: bytes) -> str | None:
@@ -69,7 +64,6 @@ class Track:
         "_client_ip",
         "candidates",
         "commands",
-        "id_window",
         "pending",
         "software",
         "started",
@@ -85,8 +79,7 @@ class Track:
         self.started = time.time()
         self.started_mono = trio.current_time()
         self.commands = 0
-        self.software: str | None = None
-        self.id_window = ID_WINDOW
+        self.software: object = _UNPARSED  # from the session's client_id, on first use
         self.transcriber: Transcriber | None = None
         self.user: str | None = None  # named by LOGIN/AUTHENTICATE, even before it succeeds
         self._client_ip: object = _UNPARSED
@@ -139,14 +132,12 @@ class Inspector(BaseObserver):
         track = self.tracks.get(view.id)
         if track is None:
             return False
-        return track.id_window > 0 or self._transcribing(track)
+        return self._transcribing(track)
 
     def line(self, view: SessionView, direction: str, event: object) -> None:
         track = self.tracks.get(view.id)
         if track is None:
             return
-        if track.id_window > 0 and direction == "client" and isinstance(event, Command):
-            self._look_for_id(track, event)
         transcriber = track.transcriber
         if transcriber is None:
             if not self._transcribing(track):
@@ -212,14 +203,6 @@ class Inspector(BaseObserver):
             track.transcriber = None
         track.view.update_tap()
 
-    def _look_for_id(self, track: Track, ev: Command) -> None:
-        track.id_window -= 1
-        if ev.name == "ID" and ev.literal is None:
-            track.software = software_from_id(ev.raw)
-            track.id_window = 0
-        if track.id_window == 0:
-            track.view.update_tap()
-
     def _retap_all(self) -> None:
         for track in self.tracks.values():
             if not self._transcribing(track):
@@ -257,7 +240,7 @@ class Inspector(BaseObserver):
                 "client": tls.get("tls_version"),
                 "upstream": tls.get("upstream_tls_version"),
             },
-            "software": track.software,
+            "software": _software(track),
         }
 
     def kick(
@@ -285,6 +268,17 @@ class Inspector(BaseObserver):
             view.kick(reason)
             ended += 1
         return ended
+
+
+def _software(track: Track) -> str | None:
+    """``name version`` of the client's ID, parsed once it is there."""
+    software = track.software
+    if software is _UNPARSED:
+        raw = track.view.session.client_id
+        if raw is None:
+            return None  # no ID yet (it may still come)
+        software = track.software = software_from_id(raw) if raw else None
+    return software  # type: ignore[return-value]
 
 
 def _state(view: SessionView) -> str:
