@@ -114,7 +114,8 @@ class Inspector(BaseObserver):
                 track.candidates = _NO_CANDIDATES
             elif track.candidates:
                 track.pending = []
-        self._emit(track, {"event": "open", "client": view.peer, "listener": view.listener})
+        if self._transcribing(track):  # else nobody would read the record
+            self._emit(track, {"event": "open", "client": view.peer, "listener": view.listener})
 
     def note(self, view: SessionView, note: Note) -> None:
         if isinstance(note, CommandDone):
@@ -155,16 +156,17 @@ class Inspector(BaseObserver):
         track = self.tracks.pop(view.id, None)
         if track is None:
             return
-        self._emit(
-            track,
-            {
-                "event": "close",
-                "reason": view.close_reason,
-                "bytes_in": view.bytes_up,
-                "bytes_out": view.bytes_down,
-                "duration": round(duration, 3),
-            },
-        )
+        if self._transcribing(track):
+            self._emit(
+                track,
+                {
+                    "event": "close",
+                    "reason": view.close_reason,
+                    "bytes_in": view.bytes_up,
+                    "bytes_out": view.bytes_down,
+                    "duration": round(duration, 3),
+                },
+            )
         if track.trace is not None:
             track.trace.close()
         track.pending = None
@@ -174,6 +176,8 @@ class Inspector(BaseObserver):
         return self.hub.active or track.trace is not None or track.pending is not None
 
     def _emit(self, track: Track, rec: Record) -> None:
+        """Hand ``rec`` to the tail readers, the trace file, or the records pending a login
+        (callers that build a record only for this check ``_transcribing`` first)."""
         rec["time"] = time.time()
         rec["session"] = track.view.id
         user = track.user or track.view.session.user
