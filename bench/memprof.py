@@ -17,7 +17,8 @@ bookkeeping inflates RSS: use ``--no-trace`` for the RSS figure alone).
 ``cpu``: the child runs connect, greeting, LOGIN, LOGOUT ``--sessions`` times one after
 another; prints this process's CPU (``time.process_time``: the proxy only) per session, best
 of ``--rounds``. ``--profile`` runs one more round under cProfile and prints the top functions
-by own time.
+by own time and the Python calls per session; ``--sample`` one more with a stack sampler
+(inclusive share per imapproxy function, which cProfile cannot give for trio tasks).
 """
 
 from __future__ import annotations
@@ -261,6 +262,61 @@ def _by_owner(stats: list[tracemalloc.StatisticDiff], n: int, top: int) -> None:
         print(f"{size / n:8.0f} B  {owner}")
 
 
+class Sampler:
+    """Samples the main thread's stack every ``interval`` seconds from a thread: each sample
+    counts once for every imapproxy function on the stack (inclusive time), and once for
+    the innermost imapproxy function (or the trio scheduler when no task runs)."""
+
+    def __init__(self, interval: float = 0.0005) -> None:
+        import threading
+
+        self.interval = interval
+        self.samples = 0
+        self.inclusive: Counter[str] = Counter()
+        self.innermost: Counter[str] = Counter()
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        # The sampler needs the GIL to look: a short switch interval, or the samples fall
+        # only where the main thread waits in a system call.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(self.interval / 10)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        sys.setswitchinterval(self._switch)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            frame = sys._current_frames().get(self._main)
+            seen: set[str] = set()
+            inner = None
+            while frame is not None:
+                path = frame.f_code.co_filename
+                if "/imapproxy/" in path:
+                    name = f"{path.split('/imapproxy/')[-1]}:{frame.f_code.co_name}"
+                    inner = inner or name
+                    seen.add(name)
+                frame = frame.f_back
+            self.samples += 1
+            self.innermost[inner or "(trio scheduler, epoll, no imapproxy frame)"] += 1
+            self.inclusive.update(seen)
+
+    def report(self, top: int, per_session_us: float) -> None:
+        n = max(1, self.samples)
+        print(f"\nsampled stacks ({self.samples} samples); share of the proxy's time, and µs")
+        print("per session at the measured CPU per session:")
+        for title, counts in (("inclusive", self.inclusive), ("innermost", self.innermost)):
+            print(f"  {title}:")
+            for name, k in counts.most_common(top):
+                print(f"    {100 * k / n:5.1f}%  {per_session_us * k / n:6.0f} µs  {name}")
+
+
 async def _cpu(args: argparse.Namespace, child: Child) -> None:
     best = float("inf")
     for _ in range(args.rounds):
@@ -271,6 +327,10 @@ async def _cpu(args: argparse.Namespace, child: Child) -> None:
         f"proxy CPU per session (connect, LOGIN, LOGOUT): {best / args.sessions * 1e6:.0f} µs "
         f"(best of {args.rounds} x {args.sessions})"
     )
+    if args.sample:
+        with Sampler() as sampler:
+            await child.ask("run")
+        sampler.report(args.top, best / args.sessions * 1e6)
     if args.profile:
         prof = cProfile.Profile(time.process_time)
         prof.enable()
@@ -300,6 +360,7 @@ def main() -> None:
         "--owner", action="store_true", help="charge to the innermost imapproxy line (--frames 30)"
     )
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--sample", action="store_true", help="cpu: sampled stacks (inclusive)")
     p.add_argument("--holders", action="append", default=[], help="idle: who holds TYPE")
     p.add_argument("--tree", help="measure the imapproxy of another checkout (a git worktree)")
     p.add_argument(
