@@ -1,12 +1,12 @@
 """The inspector's observer: live sessions registry, and the source of tail and trace records.
 
 ``Inspector`` is one observer on the session stream (``telemetry.observer``). For each live
-session it keeps a ``Track`` (row facts for ``sessions``, the client's ``ID`` software, and
-while tail or trace needs lines a ``Transcriber``). Line events reach it only while it asks
-for them (``wants_lines``): for the first few client commands of every session (to read the
-client's ``ID``), while a tail reader is attached, and while a trace rule records or may
-still record the session. Otherwise it costs a dictionary entry per session and one
-counter increment per command.
+session it keeps a ``Track`` (row facts for ``sessions``, and while tail or trace needs lines
+a ``Transcriber``). Line events reach it only while it asks for them (``wants_lines``): while
+a tail reader is attached, and while a trace rule records or may still record the session.
+Otherwise it costs a dictionary entry per session and one counter increment per command. The
+client software a row shows comes from the session's ``client_id`` (its ``ID`` command, see
+``Session``), parsed when a row first shows it.
 """
 
 from __future__ import annotations
@@ -26,12 +26,7 @@ from imapproxy.policy.matchers import Matcher
 from imapproxy.policy.model import Rule
 from imapproxy.session.output import CommandDone, LoginDone, Note
 from imapproxy.telemetry.observer import BaseObserver, SessionView
-from imapproxy.wire import Command
 from imapproxy.wire.tokens import TokenError, TokenKind, parse_command
-
-# Client commands read for an ID before the registry stops looking (most clients send ID
-# first or right after logging in).
-ID_WINDOW = 8
 
 
 def software_from_id(raw: bytes) -> str | None:
@@ -56,12 +51,19 @@ def software_from_id(raw: bytes) -> str | None:
     return f"{name} {version}" if version else name
 
 
+_NO_CANDIDATES: tuple[tuple[Matcher, Rule], ...] = ()
+_UNPARSED = object()
+
+
 class Track:
+    """What the inspector keeps per live session. Per-session memory: nothing it can do
+    without is made up front (the address object is parsed when a tail filter or a kick
+    first asks; no candidate list unless trace rules gave some)."""
+
     __slots__ = (
+        "_client_ip",
         "candidates",
-        "client_ip",
         "commands",
-        "id_window",
         "pending",
         "software",
         "started",
@@ -77,14 +79,22 @@ class Track:
         self.started = time.time()
         self.started_mono = trio.current_time()
         self.commands = 0
-        self.software: str | None = None
-        self.id_window = ID_WINDOW
+        self.software: object = _UNPARSED  # from the session's client_id, on first use
         self.transcriber: Transcriber | None = None
         self.user: str | None = None  # named by LOGIN/AUTHENTICATE, even before it succeeds
-        self.client_ip = _ip(view.peer)
+        self._client_ip: object = _UNPARSED
         self.trace: TraceFile | None = None
-        self.candidates: list[tuple[Matcher, Rule]] = []  # trace rules that may still match
+        # Trace rules that may still match.
+        self.candidates: Sequence[tuple[Matcher, Rule]] = _NO_CANDIDATES
         self.pending: list[Record] | None = None  # records kept until the login decides
+
+    @property
+    def client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The client's address (None if ``peer`` is not one), parsed on first use."""
+        ip = self._client_ip
+        if ip is _UNPARSED:
+            ip = self._client_ip = _ip(self.view.peer)
+        return ip  # type: ignore[return-value]
 
 
 class Inspector(BaseObserver):
@@ -101,10 +111,11 @@ class Inspector(BaseObserver):
             rule = self.trace.decide(track.candidates, view.peer, None)
             if rule is not None:
                 track.trace = self.trace.open(view.id, None, rule)
-                track.candidates = []
+                track.candidates = _NO_CANDIDATES
             elif track.candidates:
                 track.pending = []
-        self._emit(track, {"event": "open", "client": view.peer, "listener": view.listener})
+        if self._transcribing(track):  # else nobody would read the record
+            self._emit(track, {"event": "open", "client": view.peer, "listener": view.listener})
 
     def note(self, view: SessionView, note: Note) -> None:
         if isinstance(note, CommandDone):
@@ -122,14 +133,12 @@ class Inspector(BaseObserver):
         track = self.tracks.get(view.id)
         if track is None:
             return False
-        return track.id_window > 0 or self._transcribing(track)
+        return self._transcribing(track)
 
     def line(self, view: SessionView, direction: str, event: object) -> None:
         track = self.tracks.get(view.id)
         if track is None:
             return
-        if track.id_window > 0 and direction == "client" and isinstance(event, Command):
-            self._look_for_id(track, event)
         transcriber = track.transcriber
         if transcriber is None:
             if not self._transcribing(track):
@@ -147,16 +156,17 @@ class Inspector(BaseObserver):
         track = self.tracks.pop(view.id, None)
         if track is None:
             return
-        self._emit(
-            track,
-            {
-                "event": "close",
-                "reason": view.close_reason,
-                "bytes_in": view.bytes_up,
-                "bytes_out": view.bytes_down,
-                "duration": round(duration, 3),
-            },
-        )
+        if self._transcribing(track):
+            self._emit(
+                track,
+                {
+                    "event": "close",
+                    "reason": view.close_reason,
+                    "bytes_in": view.bytes_up,
+                    "bytes_out": view.bytes_down,
+                    "duration": round(duration, 3),
+                },
+            )
         if track.trace is not None:
             track.trace.close()
         track.pending = None
@@ -166,6 +176,8 @@ class Inspector(BaseObserver):
         return self.hub.active or track.trace is not None or track.pending is not None
 
     def _emit(self, track: Track, rec: Record) -> None:
+        """Hand ``rec`` to the tail readers, the trace file, or the records pending a login
+        (callers that build a record only for this check ``_transcribing`` first)."""
         rec["time"] = time.time()
         rec["session"] = track.view.id
         user = track.user or track.view.session.user
@@ -184,7 +196,7 @@ class Inspector(BaseObserver):
         rule = None
         if recorder is not None:
             rule = recorder.decide(track.candidates, track.view.peer, user)
-        track.candidates = []
+        track.candidates = _NO_CANDIDATES
         if recorder is not None and rule is not None:
             track.trace = recorder.open(track.view.id, user, rule)
             if track.trace is not None:
@@ -194,14 +206,6 @@ class Inspector(BaseObserver):
         if track.trace is None and not self.hub.active:
             track.transcriber = None
         track.view.update_tap()
-
-    def _look_for_id(self, track: Track, ev: Command) -> None:
-        track.id_window -= 1
-        if ev.name == "ID" and ev.literal is None:
-            track.software = software_from_id(ev.raw)
-            track.id_window = 0
-        if track.id_window == 0:
-            track.view.update_tap()
 
     def _retap_all(self) -> None:
         for track in self.tracks.values():
@@ -240,7 +244,7 @@ class Inspector(BaseObserver):
                 "client": tls.get("tls_version"),
                 "upstream": tls.get("upstream_tls_version"),
             },
-            "software": track.software,
+            "software": _software(track),
         }
 
     def kick(
@@ -268,6 +272,17 @@ class Inspector(BaseObserver):
             view.kick(reason)
             ended += 1
         return ended
+
+
+def _software(track: Track) -> str | None:
+    """``name version`` of the client's ID, parsed once it is there."""
+    software = track.software
+    if software is _UNPARSED:
+        raw = track.view.session.client_id
+        if raw is None:
+            return None  # no ID yet (it may still come)
+        software = track.software = software_from_id(raw) if raw else None
+    return software  # type: ignore[return-value]
 
 
 def _state(view: SessionView) -> str:

@@ -78,8 +78,11 @@ class SessionGuard:
         self._ip = ip
         self.peer = peer
         self._telemetry = telemetry
-        self._inflight: list[str | None] = []  # users of logins let through, unanswered
-        self._hits: set[str] = set()
+        # Users of logins let through, unanswered (at most one: see ``gate``), and the
+        # reasons already logged. Made on first use: most sessions never hit a limit, and an
+        # empty set is 216 bytes.
+        self._inflight: list[str | None] | None = None
+        self._hits: set[str] | None = None
         self.delay = 0.0
         self.user: str | None = None  # the user this session counts for, once logged in
 
@@ -91,9 +94,10 @@ class SessionGuard:
             return _ONE_AT_A_TIME
         verdict = self._backend.check_login(self._ip, user)
         # Pipelined attempts add up: each one waits its own delay.
-        self.delay += verdict.delay
+        if verdict.delay:
+            self.delay += verdict.delay
         if verdict.refused is None:
-            self._inflight.append(user)
+            self._inflight = [user]  # empty before (checked above)
             return None
         self.hit(verdict.refused, user)
         return _REFUSALS[verdict.refused]
@@ -105,10 +109,12 @@ class SessionGuard:
     def login_done(self, note: LoginDone) -> None:
         if note.result == "blocked":
             return  # a rule or the gate answered it: it never counted as in flight
-        users = self._inflight
+        users = self._inflight or []
         user = note.user if note.user in users else (users[0] if users else note.user)
         if user in users:
             users.remove(user)
+            if not users:
+                self._inflight = None  # the logged-in session keeps no empty list
         elif not users:
             return  # not one the gate let through (no gate then): nothing to settle
         # The note knows the user even when the gate did not (a LOGIN with a literal name):
@@ -121,14 +127,16 @@ class SessionGuard:
     def hit(self, reason: str, user: str | None = None) -> None:
         """Count a limit hit; its log line once per session and reason (a client
         pipelining thousands of commands over a bound must not flood the log)."""
-        if reason in self._hits:
+        if self._hits is None:
+            self._hits = set()
+        elif reason in self._hits:
             self._telemetry.limit_hit(reason)
             return
         self._hits.add(reason)
         report_hit(self._telemetry, reason, self.peer, user)
 
     def close(self) -> None:
-        for user in self._inflight:
+        for user in self._inflight or ():
             self._backend.login_finished(self._ip, user, "abandoned")
-        self._inflight.clear()
+        self._inflight = None
         self._backend.close_session(self._ip, self.user)

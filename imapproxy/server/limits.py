@@ -118,6 +118,10 @@ class Limiter:
     def sessions_of(self, ip: str) -> int:
         return self._ip_sessions.get(ip, 0)
 
+    def failure_keys(self) -> int:
+        """Addresses and users with failures in the window or a login in flight."""
+        return len(self._failures)
+
     # --- logins ------------------------------------------------------------------------
     def check_login(self, ip: str, user: str | None) -> LoginVerdict:
         v = self.values
@@ -158,6 +162,12 @@ class Limiter:
                 entry.inflight -= 1
             if result == "failed":
                 self._entry(key, now, create=True).times.append(now)  # type: ignore[union-attr]
+            elif entry is not None and not entry.inflight and not entry.times:
+                # Settled with nothing to remember: dropped now, not at the key's next
+                # lookup (which a user who logged in once may never have). Otherwise every
+                # logged-in user and address would keep an entry (~700 bytes with its deque)
+                # until MAX_KEYS.
+                del self._failures[key]
         if result == "ok" and user is not None:
             folded = user.casefold()
             self._user_sessions[folded] = self._user_sessions.get(folded, 0) + 1

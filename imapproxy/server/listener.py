@@ -197,7 +197,11 @@ class Proxy:
         admitted = await self.admission.admit(stream, listener, self.runtime, self.active)
         if admitted is None:
             return
-        guard, peer = admitted.guard, admitted.origin.client_text
+        guard, origin = admitted.guard, admitted.origin
+        peer = origin.client_text
+        # This frame lives as long as the session: it keeps only what its end needs (the
+        # guard, the peer text), not the admission record and the endpoints (~300 bytes).
+        del admitted
         with self.sessions.admitted():
             try:
                 if isinstance(stream, trio.SSLStream) and not await accept_handshake(
@@ -206,8 +210,9 @@ class Proxy:
                     return
                 # The runtime in force now, after the handshake (a reload may have come).
                 context = self.runtime.session_context(
-                    admitted.origin, listener, guard, self.telemetry, self.observers
+                    origin, listener, guard, self.telemetry, self.observers
                 )
+                del origin  # the session keeps the client's address (its settings)
                 driver = SessionDriver(context, stream, peer)
                 with self.sessions.running(driver):
                     await driver.run()

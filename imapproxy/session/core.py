@@ -134,6 +134,10 @@ STATE_CHANGING = frozenset(
 )
 _NO_BARRIER: frozenset[str] = frozenset()
 
+# Client commands looked at for an ``ID`` (RFC 2971) before the session stops looking (most
+# clients send ID first or right after logging in).
+ID_WINDOW = 8
+
 
 class Session:
     """One client connection and its upstream, as a state machine (module docstring).
@@ -148,7 +152,9 @@ class Session:
     ended; set in the same call whose ``Output.close`` says so), ``user`` (the logged-in user
     once the upstream accepted a login, ``"(preauth)"`` after a PREAUTH greeting, else None),
     ``selected`` (the mailbox the upstream has selected, client-side name, or None),
-    ``client_paused``, ``backlog``, ``settings``.
+    ``client_paused``, ``backlog``, ``settings``, ``client_id`` (the raw line of the
+    client's ``ID`` command if it was among its first ``ID_WINDOW`` commands, ``b""`` if that
+    ID had a literal; else None: what the inspector names the client software by).
 
     Attributes the handlers share (not for the driver): ``out`` (the ``Output`` being
     built), ``client``/``server`` (the parsers), ``inflight``, ``release_queue``, ``login``
@@ -176,6 +182,8 @@ class Session:
         self.tls_starting = False  # STARTTLS answered OK; the handshake is the driver's
         self.caps = self._capability_filter()
         self._stalled = False  # parsing stopped on the backlog; resume when it drains
+        self.client_id: bytes | None = None
+        self._id_window = ID_WINDOW  # client commands still looked at for an ID
         # Observers' line tap (direction, parser event), set by the driver only while one
         # wants lines: None costs one attribute test per event.
         self.tap: Callable[[str, object], None] | None = None
@@ -272,6 +280,8 @@ class Session:
                 self.tap("client", ev)
             match ev:
                 case Command():
+                    if self._id_window:
+                        self._look_for_id(ev)
                     commands.command(ev)
                 case CommandPart():
                     commands.part(ev)
@@ -350,6 +360,14 @@ class Session:
         if self.closed is None:
             self.closed = reason
             self.out.close = reason
+
+    def _look_for_id(self, ev: Command) -> None:
+        # Kept here, not in an observer's line tap: a tap on every session's first commands
+        # costs a call per parser event both ways, and its partial ~250 bytes per session.
+        self._id_window -= 1
+        if ev.name == "ID":
+            self.client_id = ev.raw if ev.literal is None else b""
+            self._id_window = 0
 
     def _capability_filter(self) -> CapabilityFilter:
         s = self.settings

@@ -71,13 +71,17 @@ class ReleaseQueue:
     __slots__ = ("behind", "queued_bytes", "waiting", "waiting_tag")
 
     def __init__(self) -> None:
-        self.waiting: list[bytes] = []  # a list: almost always empty (no 600-byte deque)
+        # Both lists exist only while something waits (almost never): a session keeps no
+        # empty containers (no 600-byte deque, not even a 56-byte list).
+        self.waiting: list[bytes] | None = None
         self.waiting_tag = b""  # the tag of the command whose segments wait
-        self.behind: list[_Queued] = []
+        self.behind: list[_Queued] | None = None
         self.queued_bytes = 0
 
     def queue(self, data: bytes) -> None:
         """Client bytes that must wait behind the waiting segments."""
+        if self.behind is None:
+            self.behind = []
         self.behind.append(data)
         self.queued_bytes += len(data)
 
@@ -85,16 +89,19 @@ class ReleaseQueue:
         """Send a released command's first segment now (or queue it whole, behind another
         command's waiting segments); the rest wait for one ``+`` each."""
         if self.waiting:
+            if self.behind is None:
+                self.behind = []
             self.behind.append((tag, segments))
             self.queued_bytes += sum(len(x) for x in segments)
             return
         to_upstream.append(segments[0])
         if len(segments) > 1:
-            self.waiting.extend(segments[1:])
+            self.waiting = segments[1:]
             self.waiting_tag = tag
 
     def continuation(self, to_upstream: list[bytes]) -> None:
         """The upstream's ``+`` while segments wait: send the next one (``+`` consumed)."""
+        assert self.waiting, "continuation() only while segments wait"
         to_upstream.append(self.waiting.pop(0))
         if not self.waiting:
             self._flush(to_upstream)
@@ -102,11 +109,13 @@ class ReleaseQueue:
     def abort(self, to_upstream: list[bytes]) -> None:
         """The command whose segments wait got its tagged answer (``waiting_tag``): the
         upstream refused it mid-way. Drop its segments; the queue behind moves on."""
-        self.waiting.clear()
         self._flush(to_upstream)
 
     def _flush(self, to_upstream: list[bytes]) -> None:
-        queued, self.behind = self.behind, []
+        """The waiting segments are done with: send what queued behind, up to the next
+        released command that has segments of its own to wait with."""
+        self.waiting = None
+        queued, self.behind = self.behind or [], None
         for i, item in enumerate(queued):
             if not isinstance(item, tuple):
                 to_upstream.append(item)
@@ -116,7 +125,7 @@ class ReleaseQueue:
             self.queued_bytes -= sum(len(x) for x in segments)
             to_upstream.append(segments[0])
             if len(segments) > 1:  # its own segments wait; what follows queues behind again
-                self.waiting.extend(segments[1:])
+                self.waiting = segments[1:]
                 self.waiting_tag = tag
-                self.behind = queued[i + 1 :]
+                self.behind = queued[i + 1 :] or None
                 return

@@ -110,8 +110,10 @@ class InFlight:
         self.pending: dict[bytes, InFlightCommand] = {}
         self.seq = 0  # commands forwarded so far
         # (last forwarded seq it waits for, tag, line); the tags counted in _queued_tags.
-        self._queue: list[tuple[int, bytes, bytes]] = []  # a list: almost always empty
-        self._queued_tags: dict[bytes, int] = {}
+        # Both None while no local answer waits (almost always): an idle session keeps no
+        # empty containers (a list is 56 bytes, a dict 64).
+        self._queue: list[tuple[int, bytes, bytes]] | None = None
+        self._queued_tags: dict[bytes, int] | None = None
         self.queued_bytes = 0
 
     def track(self, cmd: InFlightCommand) -> None:
@@ -121,9 +123,21 @@ class InFlight:
         self.pending.pop(cmd.tag, None)  # (a duplicate without rules) keep forwarding order
         self.pending[cmd.tag] = cmd
 
+    def take(self, tag: bytes) -> InFlightCommand | None:
+        """The tagged answer to ``tag`` came: its command leaves the table (None: not in
+        it)."""
+        pending = self.pending
+        cmd = pending.pop(tag, None)
+        if not pending:
+            # An emptied dict keeps its hash table (224 bytes for a session that waits for
+            # the next command, idle for hours); clear() gives it back.
+            pending.clear()
+        return cmd
+
     def tag_in_flight(self, tag: bytes) -> bool:
         """True while a command with ``tag`` is forwarded or its local answer is queued."""
-        return tag in self.pending or tag in self._queued_tags
+        tags = self._queued_tags
+        return tag in self.pending or (tags is not None and tag in tags)
 
     def oldest(self) -> int:
         """The ``seq`` of the oldest unanswered forwarded command (next one if none)."""
@@ -134,6 +148,8 @@ class InFlight:
         """Send a local answer (to ``to_client``) once the server has answered every
         command forwarded up to number ``after``; queue it until then."""
         if self._queue or self.oldest() <= after:
+            if self._queue is None or self._queued_tags is None:
+                self._queue, self._queued_tags = [], {}
             self._queue.append((after, tag, line))
             self._queued_tags[tag] = self._queued_tags.get(tag, 0) + 1
             self.queued_bytes += len(line)
@@ -142,11 +158,10 @@ class InFlight:
 
     def release_answers(self, to_client: list[bytes]) -> None:
         """After a tagged answer: send the queued local answers whose turn has come."""
-        queue = self._queue
-        if not queue:
+        queue, tags = self._queue, self._queued_tags
+        if not queue or tags is None:
             return
         oldest = self.oldest()
-        tags = self._queued_tags
         while queue and queue[0][0] < oldest:
             _, tag, line = queue.pop(0)
             left = tags[tag] - 1
@@ -156,6 +171,8 @@ class InFlight:
                 del tags[tag]
             self.queued_bytes -= len(line)
             to_client.append(line)
+        if not queue:
+            self._queue = self._queued_tags = None
 
     def abandon(self) -> list[InFlightCommand]:
         """Forget every forwarded command (the session ended); return them."""

@@ -131,7 +131,7 @@ class ServerResponses:
         s = self.session
         out = s.out
         tag = ev.tag
-        cmd = s.inflight.pending.pop(tag, None)
+        cmd = s.inflight.take(tag)
         login = s.login
         if cmd is not None and cmd is login.authenticating:
             login.authenticating = None  # an unfinished SASL exchange is over

@@ -34,6 +34,9 @@ class SessionState(Protocol):
     @property
     def selected(self) -> str | None: ...
 
+    @property
+    def client_id(self) -> bytes | None: ...
+
 
 class SessionView(Protocol):
     """What observers may read from a session's driver."""

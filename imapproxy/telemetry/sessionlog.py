@@ -55,6 +55,8 @@ class SessionLog(BaseObserver):
             log_event(log, "response", session=view.id, line=note.line)
 
     def session_closed(self, view: SessionView, duration: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return  # not even the fields are gathered (log_event would drop them)
         log_event(
             log,
             "session_closed",

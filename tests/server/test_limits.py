@@ -93,3 +93,18 @@ def test_a_literal_login_failure_still_counts_for_the_user() -> None:
     assert lim.check_login("10.0.0.2", "erin").refused == "login_failures_user"
     guard.close()
     assert lim.sessions_of("10.0.0.1") == 0
+
+
+def test_a_settled_login_leaves_no_failure_entry_behind() -> None:
+    # Memory per logged-in user: an address or user with no failure in the window and no
+    # login in flight is forgotten at once, whether the login succeeded or was abandoned;
+    # a failure is kept (it counts), and the failing user is still delayed next time.
+    lim = Limiter(LimitValues())
+    for i in range(50):
+        assert lim.check_login(f"10.0.1.{i}", f"user{i}").refused is None
+        lim.login_finished(f"10.0.1.{i}", f"user{i}", "ok" if i % 2 else "abandoned")
+    assert lim.failure_keys() == 0
+    lim.check_login("10.0.2.1", "mallory")
+    lim.login_finished("10.0.2.1", "mallory", "failed")
+    assert lim.failure_keys() == 2
+    assert lim.check_login("10.0.2.2", "mallory").delay == BASE_DELAY

@@ -943,3 +943,35 @@ def test_server_ending_idle_itself_leaves_the_next_line_a_checked_command() -> N
     out = pb.c(b"b DELETE INBOX\r\n")
     assert down(out) == b"b NO [no-delete] No deleting\r\n"
     assert up(out) == b""
+
+
+# --- the client's ID, for the inspector's software column -----------------------------------
+ID_LINE = b'i1 ID ("name" "Thunderbird" "version" "128.3")\r\n'
+
+
+@pytest.mark.parametrize("before", [0, 7])
+def test_an_id_among_the_first_commands_is_kept_raw_and_still_relayed(before: int) -> None:
+    pb = Recorder()
+    pb.s(GREETING)
+    for i in range(before):
+        pb.c(b"n%d NOOP\r\n" % i)
+        pb.s(b"n%d OK done\r\n" % i)
+    assert pb.session.client_id is None
+    assert up(pb.c(ID_LINE)) == ID_LINE
+    assert pb.session.client_id == ID_LINE
+    pb.c(b'i2 ID ("name" "other")\r\n')
+    assert pb.session.client_id == ID_LINE  # the first one counts
+
+
+def test_an_id_after_the_window_or_with_a_literal_names_no_software() -> None:
+    late = Recorder()
+    late.s(GREETING)
+    for i in range(8):
+        late.c(b"n%d NOOP\r\n" % i)
+        late.s(b"n%d OK done\r\n" % i)
+    late.c(ID_LINE)
+    assert late.session.client_id is None
+    literal = Recorder()
+    literal.s(GREETING)
+    literal.c(b'i1 ID ("name" {11}\r\n')
+    assert literal.session.client_id == b""
