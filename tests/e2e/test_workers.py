@@ -114,15 +114,24 @@ def _sessions_on_both(farm: Farm, login: bytes | None = None) -> dict[int, list[
     raise AssertionError(f"only workers {list(seen)} served 60 sessions")
 
 
-def _one_on_each(farm: Farm, source: str) -> list[ClientFrom]:
+def _one_on_each(farm: Farm, source: str) -> tuple[list[ClientFrom], int]:
+    """One session of ``source`` on each worker, and how many tries were turned away."""
     first = ClientFrom(("127.0.0.1", farm.port), source)
     home = farm.worker_of(first)
+    turned_away = 0
     for _ in range(40):
         closed = len(farm.events("session_closed"))
         other = ClientFrom(("127.0.0.1", farm.port), source)
+        if b"Too many connections" in other.greeting:
+            # The closed session's slot is given back after its session_closed line, and
+            # through the parent: under load the release can trail the log line a little.
+            other.close()
+            turned_away += 1
+            time.sleep(0.05)
+            continue
         assert other.greeting.startswith(b"* OK"), other.greeting
         if farm.worker_of(other) != home:
-            return [first, other]
+            return [first, other], turned_away
         other.close()  # same worker: free the slot and try again
         farm.wait_event("session_closed", closed + 1)
     raise AssertionError("40 connections from one address all landed on one worker")
@@ -138,7 +147,7 @@ def test_two_workers_share_the_port_limits_and_metrics(
 
     # The per-IP limit (2) holds across workers: with one session of the address on each
     # worker, the third is refused wherever it lands.
-    held = _one_on_each(farm, "127.0.2.1")
+    held, turned_away = _one_on_each(farm, "127.0.2.1")
     refused = [ClientFrom(("127.0.0.1", farm.port), "127.0.2.1") for _ in range(6)]
     assert all(b"Too many connections from your address" in c.greeting for c in refused)
     for c in held + refused:
@@ -150,7 +159,7 @@ def test_two_workers_share_the_port_limits_and_metrics(
     while farm.metric("imapproxy_sessions_total", 'listener="plain"') != opened:
         assert time.monotonic() < deadline, "sessions_total is not the sum over the workers"
         time.sleep(0.1)
-    assert farm.metric("imapproxy_limit_hits_total", 'reason="sessions_per_ip"') == 6
+    assert farm.metric("imapproxy_limit_hits_total", 'reason="sessions_per_ip"') == 6 + turned_away
     assert not farm.events("worker_exited"), farm.log.read_text()[-3000:]
     # The per-command families reach the shared files once a second.
     logouts = 'command="LOGOUT",status="OK"'
