@@ -18,6 +18,10 @@ Writing is split in two so that order never depends on which task gets to run fi
   small command or response). Otherwise one task at a time drains the queue (a FIFO lock),
   oldest bytes first. A pump awaits it before reading more: that is the backpressure.
 
+The readiness hub (``net.hub``, ``server.hub_pump``) uses the same objects without
+awaiting: it reads ``Receiver.raw`` itself, and writes a partial write's remainder with
+``Sender.write_queued`` when the socket is writable (``waiting`` says there is one).
+
 TLS streams queue everything and write in ``flush``: their bytes must go through the SSL
 object. ``upgrade`` switches a sender to a new stream (STARTTLS) and keeps back whatever is
 enqueued after the last plaintext bytes until the new stream is there.

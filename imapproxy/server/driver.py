@@ -1,18 +1,23 @@
 """The trio side of one session: sockets in, ``Session`` decisions out, nothing else.
 
-One nursery per session with one pump task per direction. Each pump reads, hands the bytes
-to the pure ``Session`` and executes the ``Output``: one write per destination (all pieces
-joined), then TLS or close. Both pumps write to both sides (a blocked command is answered from
-the client pump, responses from the upstream pump, client bytes held until the server's ``+``
-are released by the upstream pump), so the bytes of an ``Output`` are enqueued on each side's
-``Sender`` synchronously, with no ``await`` between the session producing them and their
-queueing: each side then receives them in the session's order, whichever pump produced them.
-Only then does the pump wait for the writes (``flush``) before reading more, which is the
-backpressure: the client pump waits for both sides, the upstream pump for the client side
-only (the upstream bytes it releases are written by a background task, see
-``_pump_upstream``). The client pump stops reading while the client parser is paused (see
-``wire.client``); the upstream pump wakes it once the output of the server answer that resumed
-it is enqueued.
+Two ways to run a session's I/O, one rule set. A session whose legs are both plain TCP is
+served by the process's readiness hub (``server.hub_pump``: no task of its own while it runs,
+reads handled synchronously in the hub's task) until something needs an ``await``; TLS
+sessions, and a plain one from the moment the hub hands it over, run on the pumps below.
+
+Pumps: one nursery per session with one pump task per direction. Each pump reads, hands the
+bytes to the pure ``Session`` and executes the ``Output``: one write per destination (all
+pieces joined), then TLS or close. Both pumps write to both sides (a blocked command is
+answered from the client pump, responses from the upstream pump, client bytes held until the
+server's ``+`` are released by the upstream pump), so the bytes of an ``Output`` are enqueued
+on each side's ``Sender`` synchronously, with no ``await`` between the session producing them
+and their queueing: each side then receives them in the session's order, whichever pump
+produced them. Only then does the pump wait for the writes (``flush``) before reading more,
+which is the backpressure: the client pump waits for both sides, the upstream pump for the
+client side only (the upstream bytes it releases are written by a background task, see
+``_after_upstream_read``). The client pump stops reading while the client parser is paused
+(see ``wire.client``); the upstream pump wakes it once the output of the server answer that
+resumed it is enqueued. The hub applies the same rules as socket masks.
 """
 
 from __future__ import annotations
