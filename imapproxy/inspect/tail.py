@@ -3,8 +3,11 @@
 Publishing never blocks and never does I/O: a record that passes a reader's filter is cut
 to the reader's ``bodies`` and appended to its queue; when the queue holds ``QUEUE_LIMIT``
 records, further ones are counted instead, and the reader's writer task sends a ``dropped``
-record with the count once it catches up. A reader that never reads costs its queue and
-nothing else. JSON encoding happens in the writer task, off the session's path.
+record with the count once it catches up. A session's ``open`` and ``close`` records have
+``LIFECYCLE_RESERVE`` more places: a reader that fell behind still learns which sessions
+ended, however the session's other records and the writer's progress happen to interleave.
+A reader that never reads costs its queue and nothing else. JSON encoding happens in the
+writer task, off the session's path.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from imapproxy.policy.matchers import NetworkSet, compile_globs
 from imapproxy.wire.commands import normalise_command_name
 
 QUEUE_LIMIT = 1000
+LIFECYCLE_RESERVE = 100  # extra places for "open" and "close" records in a full queue
+_LIFECYCLE = frozenset({"open", "close"})
 COALESCE_SECONDS = 0.05  # a tail reader's records are written at most this late
 
 
@@ -124,7 +129,10 @@ class Reader:
             m = self._match
             if not m.session_ok(session_id, client_ip) or not m.record_ok(rec):
                 return
-        if len(self.queue) >= QUEUE_LIMIT:
+        queued = len(self.queue)
+        if queued >= QUEUE_LIMIT and (
+            queued >= QUEUE_LIMIT + LIFECYCLE_RESERVE or rec.get("event") not in _LIFECYCLE
+        ):
             self.dropped += 1
             return
         kept = cut(rec, self.bodies)

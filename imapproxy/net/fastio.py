@@ -18,6 +18,10 @@ Writing is split in two so that order never depends on which task gets to run fi
   small command or response). Otherwise one task at a time drains the queue (a FIFO lock),
   oldest bytes first. A pump awaits it before reading more: that is the backpressure.
 
+The readiness hub (``net.hub``, ``server.hub_pump``) uses the same objects without
+awaiting: it reads ``Receiver.raw`` itself, and writes a partial write's remainder with
+``Sender.write_queued`` when the socket is writable (``waiting`` says there is one).
+
 TLS streams queue everything and write in ``flush``: their bytes must go through the SSL
 object. ``upgrade`` switches a sender to a new stream (STARTTLS) and keeps back whatever is
 enqueued after the last plaintext bytes until the new stream is there.
@@ -74,6 +78,20 @@ class Sender:
         return bool(self._pending) or self._held_back is not None or self._broken is not None
 
     @property
+    def waiting(self) -> bool:
+        """Bytes are queued for the kernel (a partial write): the hub waits for ``OUT``."""
+        return bool(self._pending)
+
+    @property
+    def broken(self) -> bool:
+        return self._broken is not None
+
+    @property
+    def raw(self) -> socket.socket | None:
+        """The socket that ``enqueue`` writes to directly (plain TCP), else None."""
+        return self._raw
+
+    @property
     def queued(self) -> int:
         """Bytes enqueued and not yet written."""
         held = sum(map(len, self._held_back)) if self._held_back is not None else 0
@@ -115,6 +133,26 @@ class Sender:
                 continue
             async with self._lock:
                 await self._drain()
+
+    def write_queued(self) -> None:
+        """Write what is queued as far as the kernel takes it now, without blocking (the
+        hub's ``OUT`` handler; plain TCP only). A failure marks the sender broken."""
+        pending, raw = self._pending, self._raw
+        assert raw is not None
+        while pending and self._broken is None:
+            chunk = pending[0]
+            try:
+                sent = raw.send(chunk)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._broken = str(exc)
+                pending.clear()
+                return
+            if sent < len(chunk):
+                pending[0] = memoryview(chunk)[sent:]
+                return
+            pending.pop(0)
 
     def flush_soon(self, nursery: trio.Nursery) -> None:
         """Have what is queued written by a task of ``nursery``, for a caller that must not
@@ -243,6 +281,11 @@ class Receiver:
         self.stream = stream
         self._raw = _receiving_socket(stream)
         self._reads = 0
+
+    @property
+    def raw(self) -> socket.socket | None:
+        """The socket ``receive`` reads directly (plain TCP, no prefix left), else None."""
+        return self._raw
 
     def replace(self, stream: trio.abc.Stream) -> None:
         """The stream changed (STARTTLS): read from the new one from now on."""

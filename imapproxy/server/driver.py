@@ -1,18 +1,23 @@
 """The trio side of one session: sockets in, ``Session`` decisions out, nothing else.
 
-One nursery per session with one pump task per direction. Each pump reads, hands the bytes
-to the pure ``Session`` and executes the ``Output``: one write per destination (all pieces
-joined), then TLS or close. Both pumps write to both sides (a blocked command is answered from
-the client pump, responses from the upstream pump, client bytes held until the server's ``+``
-are released by the upstream pump), so the bytes of an ``Output`` are enqueued on each side's
-``Sender`` synchronously, with no ``await`` between the session producing them and their
-queueing: each side then receives them in the session's order, whichever pump produced them.
-Only then does the pump wait for the writes (``flush``) before reading more, which is the
-backpressure: the client pump waits for both sides, the upstream pump for the client side
-only (the upstream bytes it releases are written by a background task, see
-``_pump_upstream``). The client pump stops reading while the client parser is paused (see
-``wire.client``); the upstream pump wakes it once the output of the server answer that resumed
-it is enqueued.
+Two ways to run a session's I/O, one rule set. A session whose legs are both plain TCP is
+served by the process's readiness hub (``server.hub_pump``: no task of its own while it runs,
+reads handled synchronously in the hub's task) until something needs an ``await``; TLS
+sessions, and a plain one from the moment the hub hands it over, run on the pumps below.
+
+Pumps: one nursery per session with one pump task per direction. Each pump reads, hands the
+bytes to the pure ``Session`` and executes the ``Output``: one write per destination (all
+pieces joined), then TLS or close. Both pumps write to both sides (a blocked command is
+answered from the client pump, responses from the upstream pump, client bytes held until the
+server's ``+`` are released by the upstream pump), so the bytes of an ``Output`` are enqueued
+on each side's ``Sender`` synchronously, with no ``await`` between the session producing them
+and their queueing: each side then receives them in the session's order, whichever pump
+produced them. Only then does the pump wait for the writes (``flush``) before reading more,
+which is the backpressure: the client pump waits for both sides, the upstream pump for the
+client side only (the upstream bytes it releases are written by a background task, see
+``_after_upstream_read``). The client pump stops reading while the client parser is paused
+(see ``wire.client``); the upstream pump wakes it once the output of the server answer that
+resumed it is enqueued. The hub applies the same rules as socket masks.
 """
 
 from __future__ import annotations
@@ -35,10 +40,10 @@ from imapproxy.net.streams import (
 )
 from imapproxy.server.endings import IDLE_BYE, SHUTDOWN_BYE, SessionOver, auth_deadline
 from imapproxy.server.guard import SessionGuard
-from imapproxy.server.session_view import ObservedDriver
+from imapproxy.server.hub_pump import RECEIVE_SIZE, Handover, HubPump
 from imapproxy.server.upstream_leg import open_upstream
 from imapproxy.session.core import Session
-from imapproxy.session.output import LimitHit, LoginDone, Output
+from imapproxy.session.output import Output
 from imapproxy.session.settings import SessionSettings
 from imapproxy.telemetry.observer import Observers
 from imapproxy.telemetry.recorder import MetricsObserver, Telemetry
@@ -46,7 +51,6 @@ from imapproxy.telemetry.sessionlog import SessionLog
 
 log = logging.getLogger("imapproxy.session")
 
-RECEIVE_SIZE = 256 * 1024
 _session_ids = itertools.count(1)
 
 
@@ -67,7 +71,7 @@ class SessionContext:
     observers: Observers | None = None
 
 
-class SessionDriver(ObservedDriver):
+class SessionDriver(HubPump):
     """Runs one session: ``run`` returns when it is over, its streams closed. I/O only:
     every decision is the ``Session``'s; the observer hooks come from ``ObservedDriver``,
     the upstream leg from ``server.upstream_leg``, the endings from ``server.endings``."""
@@ -97,6 +101,9 @@ class SessionDriver(ObservedDriver):
         self._idle_scope = trio.CancelScope()
         self._touched = -1e9
         self._tls_info: dict[str, Any] = tls_details(client)  # implicit TLS: handshake done
+        self._hub = None
+        self._fds = (-1, -1)
+        self._handover = None
 
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -106,7 +113,7 @@ class SessionDriver(ObservedDriver):
         self.session.tap = observers.line_tap(self)
         try:
             if await self._connect():
-                await self._pump_both()
+                await self._serve()
         except Exception:  # a bug must end this session only, with a traceback to fix it
             self.close_reason = "internal error"
             log.exception("session %d failed", self.id)
@@ -132,20 +139,48 @@ class SessionDriver(ObservedDriver):
         self._from_upstream = Receiver(upstream)
         return True
 
-    async def _pump_both(self) -> None:
-        self._idle_scope.deadline = trio.current_time() + self.ctx.idle_timeout
+    async def _serve(self) -> None:
+        """Relay until the session is over: in the hub while it can (plain TCP both ways,
+        ``server.hub_pump``), on the pumps otherwise and from wherever the hub stopped."""
+        now = trio.current_time()
+        self._idle_scope.deadline = now + self.ctx.idle_timeout
+        auth_at = now + self.ctx.auth_timeout
         with self._idle_scope:
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump_client)
-                    nursery.start_soon(self._pump_upstream, nursery)
-                    if self.ctx.auth_timeout and self.session.user is None:
-                        nursery.start_soon(auth_deadline, self)
+                handover = None
+                sockets = self._hub_sockets()
+                if sockets is not None:
+                    handover = await self._serve_in_hub(
+                        sockets[0].fileno(), sockets[1].fileno(), auth_at
+                    )
+                    if handover.inline(self):
+                        await self._finish(handover)
+                        handover = None  # (not reached: a finished session is over)
+                await self._pump_both(handover, auth_at)
             except* SessionOver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
         if self._idle_scope.cancelled_caught and self.close_reason == "unknown":
             self.close_reason = "idle timeout"
             await self.send_bye(IDLE_BYE)
+
+    async def _pump_both(self, handover: Handover | None, auth_at: float) -> None:
+        """The pumps, the first of them finishing what the hub handed over (if it did)."""
+        async with trio.open_nursery() as nursery:
+            client = handover if handover is not None and handover.side == "client" else None
+            upstream = handover if handover is not None and handover.side == "upstream" else None
+            nursery.start_soon(self._pump_client, client)
+            nursery.start_soon(self._pump_upstream, nursery, upstream)
+            if self.ctx.auth_timeout and self.session.user is None:
+                nursery.start_soon(auth_deadline, self, auth_at)
+
+    async def _finish(self, handover: Handover) -> None:
+        """An end the hub handed over, with nothing left queued: no pump needed."""
+        if handover.side == "client":
+            await self._after_client_read(handover)
+        elif handover.side == "upstream":
+            await self._after_upstream_read(handover, None)
+        else:
+            await self._complete(handover.out)
 
     async def _close_streams(self) -> None:
         self._to_client.close()
@@ -154,10 +189,13 @@ class SessionDriver(ObservedDriver):
             self._from_upstream.close()
         if self._to_upstream is not None:
             self._to_upstream.close()
-        for stream in (self.client, self.upstream):
-            if stream is not None:
-                with trio.move_on_after(2), contextlib.suppress(*CONNECTION_ERRORS):
-                    await stream.aclose()
+        # One deadline for both (a cancel scope per stream is a measurable share of a short
+        # session): a cancelled aclose still closes its stream (trio's contract), ungracefully.
+        with trio.move_on_after(2):
+            for stream in (self.client, self.upstream):
+                if stream is not None:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        await stream.aclose()
 
     async def send_bye(self, line: bytes, timeout: float = 5) -> None:
         """Tell the client why the session ends (after what is queued for it); a client that
@@ -167,8 +205,12 @@ class SessionDriver(ObservedDriver):
             await self._to_client.flush()
 
     # --- pumps -----------------------------------------------------------------------
-    async def _pump_client(self) -> None:
+    async def _pump_client(self, handover: Handover | None) -> None:
         session = self.session
+        if handover is not None:
+            await self._after_client_read(handover)
+        else:  # what the hub left queued is written before the client is read again
+            await self._complete(Output())
         while True:
             while session.client_paused:
                 self._resume = trio.Event()
@@ -179,18 +221,32 @@ class SessionDriver(ObservedDriver):
             except CONNECTION_ERRORS:
                 data = b""
             self._touch()
-            out = session.client_data(data)
+            await self._after_client_read(
+                Handover("client", data, session.client_data(data), False)
+            )
+
+    async def _after_client_read(self, read: Handover) -> None:
+        """Execute the output of a client read (queue it first unless it is queued)."""
+        out = read.out
+        if not read.enqueued:
             guard = self.ctx.guard
             if guard is not None and guard.delay:
                 await trio.sleep(guard.take_delay())  # a throttled login (server.limits)
-            await self._execute(out)
-            if not data:
-                self._stream_ended("client closed the connection")
+            self._enqueue(out)
+        await self._complete(out)
+        if not read.data:
+            self._stream_ended("client closed the connection")
 
-    async def _pump_upstream(self, nursery: trio.Nursery) -> None:
+    async def _pump_upstream(self, nursery: trio.Nursery, handover: Handover | None) -> None:
         session = self.session
         receiver = self._from_upstream
         assert receiver is not None
+        if handover is not None:
+            await self._after_upstream_read(handover, nursery)
+        else:  # what the hub left queued for the client is written before reading on
+            if self._to_upstream is not None:
+                self._to_upstream.flush_soon(nursery)
+            await self._complete(Output(), upstream=False)
         while True:
             try:
                 data = await receiver.receive(RECEIVE_SIZE)
@@ -199,19 +255,24 @@ class SessionDriver(ObservedDriver):
             self._touch()
             out = session.server_data(data)
             self._enqueue(out)
-            # Only now: the client pump's next bytes must queue behind what this answer
-            # released (the held command, the rest of a literal).
-            if not session.client_paused:
-                self._resume.set()
-            # The bytes this answer released upstream are written in the background: waiting
-            # for them here would stop this pump reading the server, and a server blocked on
-            # its output (a large FETCH) stops reading its input. What this pump may queue
-            # upstream is bounded by what the client pump read, which waits for the queue.
-            if self._to_upstream is not None:
-                self._to_upstream.flush_soon(nursery)
-            await self._complete(out, upstream=False)
-            if not data:
-                self._stream_ended("upstream closed the connection")
+            await self._after_upstream_read(Handover("upstream", data, out), nursery)
+
+    async def _after_upstream_read(self, read: Handover, nursery: trio.Nursery | None) -> None:
+        """Execute the (queued) output of an upstream read; ``nursery`` None: nothing is
+        queued upstream (an end the hub handed over)."""
+        # Only now: the client pump's next bytes must queue behind what this answer
+        # released (the held command, the rest of a literal).
+        if not self.session.client_paused:
+            self._resume.set()
+        # The bytes this answer released upstream are written in the background: waiting
+        # for them here would stop this pump reading the server, and a server blocked on
+        # its output (a large FETCH) stops reading its input. What this pump may queue
+        # upstream is bounded by what the client pump read, which waits for the queue.
+        if self._to_upstream is not None and nursery is not None:
+            self._to_upstream.flush_soon(nursery)
+        await self._complete(read.out, upstream=False)
+        if not read.data:
+            self._stream_ended("upstream closed the connection")
 
     def _stream_ended(self, reason: str) -> NoReturn:
         """A pump stops at EOF: reading again could spin for ever, since a broken SSLStream
@@ -221,36 +282,10 @@ class SessionDriver(ObservedDriver):
             self.close_reason = self.session.closed or reason
         raise SessionOver
 
-    def _touch(self) -> None:
-        # Moving a cancel scope's deadline is a heap operation: not on every read (at most
-        # every tenth of the timeout, so the timeout stays within 10% of what is configured).
-        now = trio.current_time()
-        if now - self._touched > min(1.0, self.ctx.idle_timeout / 10):
-            self._touched = now
-            self._idle_scope.deadline = now + self.ctx.idle_timeout
-
     # --- executing decisions -----------------------------------------------------------
     async def _execute(self, out: Output) -> None:
         self._enqueue(out)
         await self._complete(out)
-
-    def _enqueue(self, out: Output) -> None:
-        """Queue the output's bytes on each side, one write each. Synchronous: call it right
-        after the session produced ``out``, so nothing from the other pump gets between."""
-        if out.to_client:
-            data = out.to_client[0] if len(out.to_client) == 1 else b"".join(out.to_client)
-            self._to_client.enqueue(data)
-            self.bytes_down += len(data)
-            self.ctx.telemetry.bytes_forwarded("upstream_to_client", len(data))
-        if out.start_client_tls:
-            # Nothing may reach the client in plaintext after the OK: keep back what either
-            # pump enqueues from now on until the TLS stream exists.
-            self._to_client.hold()
-        if out.to_upstream and self._to_upstream is not None:
-            data = out.to_upstream[0] if len(out.to_upstream) == 1 else b"".join(out.to_upstream)
-            self._to_upstream.enqueue(data)
-            self.bytes_up += len(data)
-            self.ctx.telemetry.bytes_forwarded("client_to_upstream", len(data))
 
     async def _complete(self, out: Output, *, upstream: bool = True) -> None:
         """Wait for the writes ``_enqueue`` queued (the upstream side only if ``upstream``),
@@ -277,19 +312,6 @@ class SessionDriver(ObservedDriver):
         if out.close is not None:
             self.close_reason = out.close
             raise SessionOver
-
-    def _observe(self, out: Output) -> None:
-        self.observers.notes(self, out.notes)
-        if self.auth_scope is not None and self.session.user is not None:
-            self.auth_scope.cancel()  # logged in: the deadline is over
-            self.auth_scope = None
-        guard = self.ctx.guard
-        if guard is not None:  # the abuse limits learn from the same observations
-            for note in out.notes:
-                if isinstance(note, LoginDone):
-                    guard.login_done(note)
-                elif isinstance(note, LimitHit):
-                    guard.hit(note.reason)
 
     async def _start_client_tls(self) -> None:
         """The handshake after the session's ``OK Begin TLS`` (which it always sends)."""

@@ -12,14 +12,21 @@ queued after whatever is already queued for it; a client that is gone is no erro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
 if TYPE_CHECKING:
     from imapproxy.server.driver import SessionDriver
 
-__all__ = ["AUTH_TIMEOUT_BYE", "IDLE_BYE", "SHUTDOWN_BYE", "SessionOver", "auth_deadline"]
+__all__ = [
+    "AUTH_TIMEOUT_BYE",
+    "IDLE_BYE",
+    "SHUTDOWN_BYE",
+    "SessionOver",
+    "auth_deadline",
+    "auth_expired",
+]
 
 SHUTDOWN_BYE = b"* BYE [UNAVAILABLE] Proxy shutting down\r\n"
 IDLE_BYE = b"* BYE Idle timeout\r\n"
@@ -31,14 +38,20 @@ class SessionOver(Exception):
     nursery then cancels the other tasks. ``close_reason`` is set before."""
 
 
-async def auth_deadline(driver: SessionDriver) -> None:
-    """``limits.auth_timeout``: a session not logged in by then is told so and closed."""
+async def auth_deadline(driver: SessionDriver, deadline: float) -> None:
+    """``limits.auth_timeout``: a session not logged in by ``deadline`` (``trio.current_time``)
+    is told so and closed (``auth_expired``)."""
     with trio.CancelScope() as scope:
         driver.auth_scope = scope  # the driver cancels it at login
-        await trio.sleep(driver.ctx.auth_timeout)
+        await trio.sleep_until(deadline)
     driver.auth_scope = None
     if scope.cancelled_caught or driver.session.user is not None:
         return
+    await auth_expired(driver)
+
+
+async def auth_expired(driver: SessionDriver) -> NoReturn:
+    """The auth deadline passed without a login: count it, say BYE, end the session."""
     if driver.ctx.guard is not None:
         driver.ctx.guard.hit("auth_timeout")
     driver.close_reason = "auth timeout"

@@ -23,6 +23,7 @@ import trio
 from imapproxy.config.loader import Config, ConfigError
 from imapproxy.inspect.control import ControlServer, ControlSocketError
 from imapproxy.inspect.registry import Inspector
+from imapproxy.net.hub import Hub
 from imapproxy.net.streams import CONNECTION_ERRORS
 from imapproxy.net.tls import TLSListener, TLSSetupError, accept_handshake
 from imapproxy.policy import Policy
@@ -153,6 +154,9 @@ class Proxy:
             rules=len(cfg.rules),
         )
         control = self._control_server(cfg)
+        # The readiness hub of plain sessions (net.hub) now: its descriptor is the process's,
+        # not taken from the first session at a moment descriptors may have run out.
+        Hub.current()
         task_status.started(self.bound)
         sdnotify.ready()
         async with trio.open_nursery() as sessions:

@@ -189,6 +189,18 @@ async def test_reader_queue_is_bounded_and_counts_drops() -> None:
     assert len(lines) == 1001
 
 
+def test_a_full_queue_still_takes_session_ends_up_to_a_reserve() -> None:
+    reader = Reader(TailFilter(), 0)
+    for i in range(1000):
+        reader.offer(1, None, {"time": 0.0, "event": "command", "line": str(i)})
+    reader.offer(1, None, {"time": 0.0, "event": "response", "line": "late"})
+    assert reader.dropped == 1
+    for i in range(150):  # more sessions end than the reserve holds
+        reader.offer(i, None, {"time": 0.0, "event": "close", "reason": "client closed"})
+    assert len(reader.queue) == 1100 and reader.dropped == 51
+    assert reader.queue[1000]["event"] == "close"
+
+
 def test_filters() -> None:
     flt = TailFilter.from_json(
         {"user": ["al*"], "command": ["uid fetch"], "client": ["10.0.0.0/8"]}

@@ -1,0 +1,140 @@
+"""One readiness hub per trio run: plain-TCP sockets served without a task switch.
+
+Waiting in trio costs a task wake-up and an ``epoll_ctl`` per wait; for a proxy whose typical
+read is one small command, that is most of its CPU. The hub instead keeps the sockets of every
+plain-TCP session leg registered, level-triggered, in one ``select.epoll`` object of its own,
+and a single trio task (a system task of the run, started by the first ``Hub.current()``)
+waits for that epoll descriptor. When it is readable, the task takes up to ``MAX_EVENTS``
+ready sockets and calls each one's handler synchronously: a handler reads, decides and writes
+without blocking, and changes what it waits for with ``watch``. Then the task waits in trio
+again, which is a checkpoint: other tasks run between passes, and a busy socket gets one turn
+per pass (fairness; level-triggered, nothing is lost by not draining a socket at once).
+
+Contract for handlers (``Ready``):
+
+* ``hub_ready(fd, events)`` runs in the hub's task and must not block: it is called only
+  for a descriptor it ``watch``-es with a non-zero mask, with the ``select.EPOLL*`` bits that
+  are ready (``EPOLLHUP``/``EPOLLERR`` may come whatever the mask).
+* An exception out of ``hub_ready`` is the handler's bug, never the hub's: the hub calls
+  ``hub_failed(exc)`` (which must stop watching the handler's descriptors) and serves the
+  others on. Should that raise too, the hub forgets the descriptor and logs it.
+* A descriptor must be ``forget``-ten before it is closed (a closed number is soon reused).
+
+A mask of 0 unregisters the descriptor instead of keeping it with no interest: epoll reports
+``EPOLLHUP`` and ``EPOLLERR`` whatever the mask, and a level-triggered hang-up on a socket
+nobody reads would otherwise wake the hub on every pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+from typing import Protocol
+
+import trio
+
+__all__ = ["ERR", "HUP", "IN", "OUT", "Hub", "Ready"]
+
+log = logging.getLogger("imapproxy")
+
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+ERR = select.EPOLLERR  # reported whatever the mask
+HUP = select.EPOLLHUP  # reported whatever the mask
+MAX_EVENTS = 256  # ready sockets served per pass, between two checkpoints
+
+
+class Ready(Protocol):
+    def hub_ready(self, fd: int, events: int) -> None: ...
+    def hub_failed(self, exc: Exception) -> None: ...
+
+
+_current: trio.lowlevel.RunVar[Hub] = trio.lowlevel.RunVar("imapproxy_hub")
+
+
+class Hub:
+    """The hub of the current trio run (``current``); ``watch``/``forget`` descriptors."""
+
+    __slots__ = ("_epoll", "_handlers", "_masks", "passes")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Ready] = {}
+        self._masks: dict[int, int] = {}  # registered descriptors only (mask != 0)
+        self.passes = 0  # passes with work done (tests read it)
+
+    @staticmethod
+    def current() -> Hub:
+        """This trio run's hub, made (and its task started) on first use."""
+        try:
+            return _current.get()
+        except LookupError:
+            hub = Hub()
+            _current.set(hub)
+            trio.lowlevel.spawn_system_task(hub._serve, name="imapproxy readiness hub")
+            return hub
+
+    def watch(self, fd: int, handler: Ready, mask: int) -> None:
+        """Wait for ``mask`` (``IN``, ``OUT``, both, or 0: nothing) on ``fd``; the ready
+        bits go to ``handler``. No system call when the mask is the one already set."""
+        old = self._masks.get(fd, 0)
+        if mask == old:
+            return
+        ep = self._epoll
+        if mask == 0:
+            del self._masks[fd]
+            self._handlers.pop(fd, None)
+            with contextlib.suppress(OSError):  # closed under us: the kernel dropped it
+                ep.unregister(fd)
+            return
+        self._masks[fd] = mask
+        self._handlers[fd] = handler
+        if old:
+            try:
+                ep.modify(fd, mask)
+                return
+            except FileNotFoundError:  # closed and reused while registered: start afresh
+                pass
+        ep.register(fd, mask)
+
+    def forget(self, fd: int) -> None:
+        """Stop watching ``fd`` (idempotent); call it before the descriptor is closed."""
+        if fd in self._masks:
+            self.watch(fd, self._handlers[fd], 0)
+
+    def mask(self, fd: int) -> int:
+        return self._masks.get(fd, 0)
+
+    @property
+    def watched(self) -> int:
+        """Descriptors registered now."""
+        return len(self._masks)
+
+    async def _serve(self) -> None:
+        ep = self._epoll
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(ep.fileno())
+                events = ep.poll(0, MAX_EVENTS)
+                if events:
+                    self.passes += 1
+                for fd, ready in events:
+                    self._dispatch(fd, ready)
+        finally:
+            self._handlers.clear()
+            self._masks.clear()
+            ep.close()
+
+    def _dispatch(self, fd: int, ready: int) -> None:
+        handler = self._handlers.get(fd)
+        if handler is None:  # forgotten earlier in this pass
+            return
+        try:
+            handler.hub_ready(fd, ready)
+        except Exception as exc:
+            try:
+                handler.hub_failed(exc)
+            except Exception:
+                log.exception("readiness handler failed on descriptor %d", fd)
+                self.forget(fd)

@@ -1,0 +1,155 @@
+"""The readiness hub's mechanics (``net.hub``) on real socket pairs: what is watched is what
+is served, a failing handler costs only its own descriptor, a hang-up on an unwatched socket
+does not wake the hub, and a flood of ready sockets is served in bounded, fair passes with
+other tasks running between them."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from imapproxy.net import hub as hub_module
+from imapproxy.net.hub import IN, OUT, Hub
+
+
+class Counter:
+    """A handler that counts its calls and reads nothing (level-triggered: stays ready)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls = 0
+        self.events = 0
+        self.failed: list[Exception] = []
+        self.fail = fail
+
+    def hub_ready(self, fd: int, events: int) -> None:
+        self.calls += 1
+        self.events |= events
+        if self.fail:
+            raise RuntimeError("handler bug")
+
+    def hub_failed(self, exc: Exception) -> None:
+        self.failed.append(exc)
+        Hub.current().forget(self.fd)
+
+    fd = -1
+
+
+def _pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
+    pairs = [socket.socketpair() for _ in range(n)]
+    for a, b in pairs:
+        a.setblocking(False)
+        b.setblocking(False)
+    return pairs
+
+
+def _close(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+async def _settle() -> None:
+    # The hub is a system task: let it take a few passes.
+    for _ in range(5):
+        await trio.sleep(0.01)
+
+
+async def test_one_hub_per_run_and_only_watched_masks_are_served() -> None:
+    hub = Hub.current()
+    assert Hub.current() is hub
+    [(a, b)] = pairs = _pairs(1)
+    try:
+        counter = Counter()
+        counter.fd = a.fileno()
+        hub.watch(a.fileno(), counter, IN)
+        await _settle()
+        assert counter.calls == 0  # nothing to read yet
+        b.send(b"x")
+        await _settle()
+        assert counter.calls > 0 and counter.events & IN
+        hub.watch(a.fileno(), counter, OUT)  # writable at once, readable ignored
+        before = counter.calls
+        await _settle()
+        assert counter.calls > before and counter.events & OUT
+        hub.forget(a.fileno())
+        assert hub.watched == 0
+        before = counter.calls
+        await _settle()
+        assert counter.calls == before
+        hub.forget(a.fileno())  # idempotent
+    finally:
+        _close(pairs)
+
+
+async def test_a_failing_handler_loses_its_descriptor_only() -> None:
+    hub = Hub.current()
+    pairs = _pairs(2)
+    try:
+        bad, good = Counter(fail=True), Counter()
+        for handler, (a, b) in zip((bad, good), pairs, strict=True):
+            handler.fd = a.fileno()
+            hub.watch(a.fileno(), handler, IN)
+            b.send(b"x")
+        await _settle()
+        assert len(bad.failed) == 1 and bad.calls == 1
+        assert isinstance(bad.failed[0], RuntimeError)
+        assert good.calls > 1  # still served, pass after pass
+        assert hub.mask(pairs[0][0].fileno()) == 0
+        assert hub.mask(pairs[1][0].fileno()) == IN
+        hub.forget(pairs[1][0].fileno())
+    finally:
+        _close(pairs)
+
+
+async def test_a_hang_up_on_an_unwatched_socket_does_not_wake_the_hub() -> None:
+    """Mask 0 unregisters: epoll would report HUP whatever the mask, on every pass."""
+    hub = Hub.current()
+    [(a, b)] = _pairs(1)
+    try:
+        counter = Counter()
+        counter.fd = a.fileno()
+        hub.watch(a.fileno(), counter, IN)
+        hub.watch(a.fileno(), counter, 0)
+        b.close()
+        passes = hub.passes
+        await _settle()
+        assert counter.calls == 0
+        assert hub.passes == passes
+        hub.watch(a.fileno(), counter, IN)  # watched again: the hang-up is seen
+        await _settle()
+        assert counter.calls > 0
+        hub.forget(a.fileno())
+    finally:
+        a.close()
+
+
+async def test_a_flood_is_served_in_fair_bounded_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "MAX_EVENTS", 8)
+    hub = Hub.current()
+    pairs = _pairs(40)
+    counters = [Counter() for _ in pairs]
+    try:
+        for counter, (a, b) in zip(counters, pairs, strict=True):
+            counter.fd = a.fileno()
+            hub.watch(a.fileno(), counter, IN)
+            b.send(b"x")  # never read: ready on every pass
+        passes = hub.passes
+        ticks = 0
+        with trio.fail_after(5):
+            for _ in range(20):  # another task keeps running while the hub is flooded
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+        assert ticks == 20
+        await _settle()
+        served = hub.passes - passes
+        calls = [c.calls for c in counters]
+        assert sum(calls) <= served * 8  # bounded: at most MAX_EVENTS per pass
+        assert min(calls) > 0
+        assert max(calls) - min(calls) <= 1  # epoll rotates the ready list: fair
+        for a, _ in pairs:
+            hub.forget(a.fileno())
+    finally:
+        _close(pairs)
