@@ -38,7 +38,13 @@ from imapproxy.net.streams import (
     UpstreamConnector,
     tls_details,
 )
-from imapproxy.server.endings import IDLE_BYE, SHUTDOWN_BYE, SessionOver, auth_deadline
+from imapproxy.server.endings import (
+    IDLE_BYE,
+    SHUTDOWN_BYE,
+    SessionOver,
+    auth_deadline,
+    close_legs,
+)
 from imapproxy.server.guard import SessionGuard
 from imapproxy.server.hub_pump import RECEIVE_SIZE, Handover, HubPump
 from imapproxy.server.upstream_leg import open_upstream
@@ -127,7 +133,7 @@ class SessionDriver(HubPump):
                     await self.send_bye(self._kicked, 1)
             observers.notes(self, self.session.abandon())
             with trio.CancelScope(shield=True):
-                await self._close_streams()
+                await close_legs(self)
             observers.session_closed(self, time.monotonic() - started)
 
     async def _connect(self) -> bool:
@@ -181,21 +187,6 @@ class SessionDriver(HubPump):
             await self._after_upstream_read(handover, None)
         else:
             await self._complete(handover.out)
-
-    async def _close_streams(self) -> None:
-        self._to_client.close()
-        self._from_client.close()
-        if self._from_upstream is not None:
-            self._from_upstream.close()
-        if self._to_upstream is not None:
-            self._to_upstream.close()
-        # One deadline for both (a cancel scope per stream is a measurable share of a short
-        # session): a cancelled aclose still closes its stream (trio's contract), ungracefully.
-        with trio.move_on_after(2):
-            for stream in (self.client, self.upstream):
-                if stream is not None:
-                    with contextlib.suppress(*CONNECTION_ERRORS):
-                        await stream.aclose()
 
     async def send_bye(self, line: bytes, timeout: float = 5) -> None:
         """Tell the client why the session ends (after what is queued for it); a client that

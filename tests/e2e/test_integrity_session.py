@@ -198,7 +198,7 @@ async def test_duplicate_tag_does_not_lose_the_selection(
 def _queued(session: Session) -> int:
     """Client bytes a session holds behind a held command (its private queue, read here to
     measure the bound directly)."""
-    queue = session.release_queue.behind
+    queue = session.release_queue.behind or ()  # None while nothing waits
     return sum(len(x) if isinstance(x, bytes) else sum(map(len, x[1])) for x in queue)
 
 

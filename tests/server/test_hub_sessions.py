@@ -22,7 +22,7 @@ from imapproxy.server.driver import SessionDriver
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
 from tests.conftest import SeedMessage
-from tests.support.messages import ImapAccount
+from tests.support.accounts import Account
 
 _TAGGED = re.compile(rb"(?m)^(\w+) (OK|NO|BAD) ")
 
@@ -102,7 +102,7 @@ class Client:
         await self.stream.send_all(tag + b" " + text + b"\r\n")
         return await self.tagged(tag)
 
-    async def login(self, account: ImapAccount) -> None:
+    async def login(self, account: Account) -> None:
         creds = b"%s %s" % (account.name.encode(), account.password.encode())
         await self.stream.send_all(b"L LOGIN " + creds + b"\r\nS SELECT INBOX\r\n")
         await self.tagged(b"S")
@@ -147,7 +147,7 @@ async def _ended(proxy: Proxy) -> None:
 
 
 async def test_idle_logged_in_session_holds_no_pump_task(
-    running: tuple[Proxy, tuple[str, int]], imap_user: ImapAccount
+    running: tuple[Proxy, tuple[str, int]], imap_user: Account
 ) -> None:
     proxy, address = running
     client = await Client.connect(address)
@@ -170,7 +170,7 @@ async def test_idle_logged_in_session_holds_no_pump_task(
 
 
 async def test_pipelined_commands_relayed_whole_and_in_order(
-    running: tuple[Proxy, tuple[str, int]], imap_user: ImapAccount, seed_message: SeedMessage
+    running: tuple[Proxy, tuple[str, int]], imap_user: Account, seed_message: SeedMessage
 ) -> None:
     """Dovecot may answer pipelined commands out of order; what the proxy must keep is the
     byte order of each stream: every literal whole, every command answered once."""
@@ -199,7 +199,7 @@ async def test_pipelined_commands_relayed_whole_and_in_order(
 
 
 async def test_slow_reader_stops_upstream_reads_until_it_catches_up(
-    running: tuple[Proxy, tuple[str, int]], imap_user: ImapAccount, seed_message: SeedMessage
+    running: tuple[Proxy, tuple[str, int]], imap_user: Account, seed_message: SeedMessage
 ) -> None:
     size = 8 * 1024 * 1024
     message = seed_message(imap_user, size=size)
@@ -227,7 +227,7 @@ async def test_slow_reader_stops_upstream_reads_until_it_catches_up(
 
 
 async def test_client_eof_in_the_middle_of_a_command(
-    running: tuple[Proxy, tuple[str, int]], imap_user: ImapAccount
+    running: tuple[Proxy, tuple[str, int]], imap_user: Account
 ) -> None:
     proxy, address = running
     client = await Client.connect(address)
@@ -266,7 +266,7 @@ async def test_upstream_eof_in_the_middle_of_a_response(nursery: trio.Nursery) -
 
 async def test_a_session_that_fails_ends_alone(
     running: tuple[Proxy, tuple[str, int]],
-    imap_user: ImapAccount,
+    imap_user: Account,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy, address = running
