@@ -31,6 +31,7 @@ import trio
 __all__ = ["SocketTLSStream", "TLSLeg", "tls_stream"]
 
 _CHECKPOINT_EVERY = 16  # operations that did not wait, between two forced checkpoints
+_CHUNK = 1 << 16  # a read's size when the caller names none; the drain's unit
 _MIN_CONTINUE = 4096  # a record this big may have others queued behind it (bulk): read on
 
 
@@ -147,7 +148,7 @@ class SocketTLSStream(trio.abc.Stream):
             self._check()
             sock = self._sock
             assert sock is not None
-            want = 65536 if max_bytes is None else max_bytes
+            want = _CHUNK if max_bytes is None else max_bytes
             if want < 1:
                 raise ValueError("max_bytes must be >= 1")
             waited = False
@@ -165,29 +166,11 @@ class SocketTLSStream(trio.abc.Stream):
                     self._broken = exc
                     raise trio.BrokenResourceError(str(exc)) from exc
             if len(data) >= _MIN_CONTINUE and len(data) < want:
-                data = self._read_more(sock, data, want)
+                data = _read_more(sock, data, want)
             await self._maybe_checkpoint(waited)
             return data
         finally:
             self._receiving = False
-
-    def _read_more(self, sock: ssl.SSLSocket, first: bytes, want: int) -> bytes:
-        # Records already in the socket are decrypted now rather than one per call: a bulk
-        # FETCH arrives as 4-16 KiB records. Errors are left for the next call to report.
-        parts = [first]
-        n = len(first)
-        for _ in range(64):
-            try:
-                more = sock.recv(want - n)
-            except (ssl.SSLError, OSError):
-                break
-            if not more:
-                break
-            parts.append(more)
-            n += len(more)
-            if n >= want or len(more) < _MIN_CONTINUE:
-                break
-        return b"".join(parts)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
@@ -292,13 +275,32 @@ class SocketTLSStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
+def _read_more(sock: ssl.SSLSocket, first: bytes, want: int) -> bytes:
+    # Records already in the socket are decrypted now rather than one per call: a bulk
+    # FETCH arrives as 4-16 KiB records. Errors are left for the next call to report.
+    parts = [first]
+    n = len(first)
+    for _ in range(64):
+        try:
+            more = sock.recv(want - n)
+        except (ssl.SSLError, OSError):
+            break
+        if not more:
+            break
+        parts.append(more)
+        n += len(more)
+        if n >= want or len(more) < _MIN_CONTINUE:
+            break
+    return b"".join(parts)
+
+
 def _drain(fd: int) -> None:
     # A failed handshake leaves the rest of what the peer sent in the socket (OpenSSL read
     # only the record header): closing with unread data would reset the connection and
     # lose the alert. trio.SSLStream had read it all into its BIO; read it away likewise.
     for _ in range(4):
         try:
-            if len(os.read(fd, 65536)) < 65536:
+            if len(os.read(fd, _CHUNK)) < _CHUNK:
                 return
         except OSError:  # BlockingIOError: nothing left
             return
