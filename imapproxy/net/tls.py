@@ -150,8 +150,11 @@ def client_starttls(context: ssl.SSLContext) -> ClientTLSStarter:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await tls.do_handshake()
         except BaseException:
-            if isinstance(tls, SocketTLSStream):  # it owns the descriptor now, not ``stream``
-                await trio.aclose_forcefully(tls)
+            # The caller closes ``stream`` (after letting go of its own objects on the same
+            # descriptor number): the descriptor goes back to it rather than being closed
+            # here, where the number could be reused before those objects are gone.
+            if isinstance(tls, SocketTLSStream):
+                tls.give_back()
             raise
         return tls
 

@@ -250,6 +250,18 @@ class SocketTLSStream(trio.abc.Stream):
         if self._broken is not None:
             raise trio.BrokenResourceError("the TLS stream is broken") from self._broken
 
+    def give_back(self) -> None:
+        """After a failed handshake: hand the descriptor back to ``transport_stream`` (what
+        the peer sent past the failure is read away first), and close this stream. For a
+        STARTTLS upgrade, whose caller still holds the plain stream (and objects on its
+        descriptor number) and closes it: the number must stay this connection's until then."""
+        sock, self._sock, self._closed = self._sock, None, True
+        if sock is None:
+            return
+        _drain(sock.fileno())
+        raw = socket.socket(fileno=sock.detach())
+        self.transport_stream.socket = trio.socket.from_stdlib_socket(raw)
+
     # --- close --------------------------------------------------------------------------
     async def aclose(self) -> None:
         """Send ``close_notify`` if the stream is healthy and the socket takes it at once

@@ -234,3 +234,24 @@ async def test_tls_stream_keeps_sslstream_for_other_streams(server_ctx: ssl.SSLC
     assert isinstance(tls_stream(server_tcp, server_ctx, server_side=True), SocketTLSStream)
     await server_tcp.aclose()
     await client_tcp.aclose()
+
+
+async def test_give_back_returns_the_descriptor_to_the_transport(
+    server_ctx: ssl.SSLContext,
+) -> None:
+    server_tcp, client_tcp = await tcp_pair()
+    server = SocketTLSStream(server_tcp, server_ctx, server_side=True)
+    await client_tcp.send_all(b"b LOGIN user secret\r\n")  # where the ClientHello belongs
+    with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+        await server.do_handshake()
+    server.give_back()
+    assert server.fileno() == -1 and server_tcp.socket.fileno() >= 0
+    with pytest.raises(trio.ClosedResourceError):
+        await server.receive_some(10)
+    await server_tcp.aclose()  # the transport closes it, as its owner again
+    rest = bytearray()
+    with trio.fail_after(10):
+        while chunk := await client_tcp.receive_some(4096):
+            rest += chunk
+    assert not rest or rest[:1] == b"\x15"  # an alert, then EOF (not a reset)
+    await client_tcp.aclose()
