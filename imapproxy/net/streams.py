@@ -56,10 +56,12 @@ class PrefixedStream(trio.abc.Stream):
 def tls_details(stream: trio.abc.Stream, prefix: str = "") -> dict[str, object]:
     """Log fields for a TLS leg; an upstream STARTTLS stream wraps its SSLStream."""
     stream = getattr(stream, "ssl_stream", stream)
-    if isinstance(stream, trio.SSLStream):
-        cipher = stream.cipher()
+    version = getattr(stream, "version", None)  # trio.SSLStream or net.tls_socket's stream
+    cipher_of = getattr(stream, "cipher", None)
+    if callable(version) and callable(cipher_of):
+        cipher = cipher_of()
         return {
-            f"{prefix}tls_version": stream.version(),
+            f"{prefix}tls_version": version(),
             f"{prefix}tls_cipher": cipher[0] if cipher else None,
         }
     return {}

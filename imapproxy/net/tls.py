@@ -18,11 +18,12 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from imapproxy.net.streams import ClientTLSStarter, UpstreamTLSError
+from imapproxy.net.tls_socket import SocketTLSStream, TLSLeg, tls_stream
 from imapproxy.telemetry.logs import log_event
 
 if TYPE_CHECKING:
@@ -69,8 +70,6 @@ _VERSIONS = {
     "TLSv1.2": ssl.TLSVersion.TLSv1_2,
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
-
-_S = TypeVar("_S", bound=trio.abc.Stream)
 
 
 class TLSSetupError(OSError):
@@ -146,18 +145,26 @@ def client_starttls(context: ssl.SSLContext) -> ClientTLSStarter:
     """The driver's STARTTLS step: wrap the client stream and finish the handshake in time."""
 
     async def start(stream: trio.abc.Stream) -> trio.abc.Stream:
-        tls = trio.SSLStream(stream, context, server_side=True)
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await tls.do_handshake()
+        tls = tls_stream(stream, context, server_side=True)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+        except BaseException:
+            # The caller closes ``stream`` (after letting go of its own objects on the same
+            # descriptor number): the descriptor goes back to it rather than being closed
+            # here, where the number could be reused before those objects are gone.
+            if isinstance(tls, SocketTLSStream):
+                tls.give_back()
+            raise
         return tls
 
     return start
 
 
-class TLSListener(trio.abc.Listener[trio.SSLStream[trio.SocketStream]]):
+class TLSListener(trio.abc.Listener[SocketTLSStream]):
     """Implicit TLS (port 993). ``accept`` returns at once; the session task runs the
     handshake (``accept_handshake``) so one slow client cannot stall the accept loop.
-    ``context`` is replaced on SIGHUP."""
+    ``context`` is replaced on SIGHUP: a stream takes the context in force when accepted."""
 
     def __init__(self, transport: trio.SocketListener, context: ssl.SSLContext) -> None:
         self.transport = transport
@@ -167,9 +174,9 @@ class TLSListener(trio.abc.Listener[trio.SSLStream[trio.SocketStream]]):
     def socket(self) -> trio.socket.SocketType:
         return self.transport.socket
 
-    async def accept(self) -> trio.SSLStream[trio.SocketStream]:
+    async def accept(self) -> SocketTLSStream:
         stream = await self.transport.accept()
-        return trio.SSLStream(stream, self.context, server_side=True)
+        return SocketTLSStream(stream, self.context, server_side=True)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -185,9 +192,7 @@ async def tls_listeners(
     return [TLSListener(t, context) for t in transports]
 
 
-async def accept_handshake(
-    stream: trio.SSLStream[trio.SocketStream], telemetry: Telemetry, peer: str
-) -> bool:
+async def accept_handshake(stream: TLSLeg, telemetry: Telemetry, peer: str) -> bool:
     """Handshake with a client of the implicit listener; False (stream closed) on failure."""
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -202,7 +207,7 @@ async def accept_handshake(
 
 
 # --- upstream side -----------------------------------------------------------------------
-async def handshake_upstream(tls: trio.SSLStream[_S], telemetry: Telemetry) -> None:
+async def handshake_upstream(tls: TLSLeg, telemetry: Telemetry) -> None:
     """Finish the upstream leg's handshake, counted; UpstreamTLSError on failure."""
     try:
         await tls.do_handshake()
@@ -223,17 +228,18 @@ def _reason(exc: BaseException) -> str:
 
 
 class UpstreamTLSStream(trio.abc.Stream):
-    """The upstream TLS leg: an SSLStream, after any bytes the connector produced or already
-    read (the synthesized greeting), returning all received records per read.
+    """The upstream TLS leg (a ``SocketTLSStream``, or an SSLStream over a stream that is
+    not a socket's), after any bytes the connector produced or already read (the
+    synthesized greeting), returning all received records per read.
 
     trio's SSLStream returns one TLS record per ``receive_some`` (at most 16 KiB; Dovecot
     writes 4 KiB records), so a bulk FETCH would cost the session one pass per record. The
     records already received are decrypted here without waiting: a 2x gain in bulk
     throughput. That reads trio's SSLObject directly (still synchronously, between trio's
-    own operations, as trio does); without it, one record per call.
+    own operations, as trio does). A ``SocketTLSStream`` does the same itself.
     """
 
-    def __init__(self, ssl_stream: trio.SSLStream[_S], prefix: bytes = b"") -> None:
+    def __init__(self, ssl_stream: TLSLeg, prefix: bytes = b"") -> None:
         self.ssl_stream = ssl_stream  # the driver logs its version and cipher
         self._prefix = prefix
         self._ssl_object: ssl.SSLObject | None = getattr(ssl_stream, "_ssl_object", None)

@@ -16,15 +16,17 @@ only speaks IMAP around them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
 from imapproxy.net.streams import UpstreamSetupError, UpstreamTLSError
 from imapproxy.net.tls import UpstreamTLSStream, handshake_upstream, upstream_context
+from imapproxy.net.tls_socket import SocketTLSStream, TLSLeg, tls_stream
 from imapproxy.wire import (
     CLOSED,
     NEED_DATA,
@@ -71,12 +73,13 @@ def tls_upgrader(upstream: Upstream, telemetry: Telemetry) -> TLSUpgrader:
     async def upgrade(tcp: trio.abc.Stream, greeted: Greeted | None) -> trio.abc.Stream:
         if not implicit:
             return await starttls_upstream(tcp, context, server_name, telemetry, greeted)
-        tls = trio.SSLStream(tcp, context, server_hostname=server_name)
-        await handshake_upstream(tls, telemetry)
-        if greeted is None:
-            return UpstreamTLSStream(tls)
-        lines = Negotiation(tls, "ID", UpstreamSetupError)
-        return UpstreamTLSStream(tls, await after_greeting(lines, greeted))
+        tls = tls_stream(tcp, context, server_hostname=server_name)
+        async with _owned_on_failure(tls):
+            await handshake_upstream(tls, telemetry)
+            if greeted is None:
+                return UpstreamTLSStream(tls)
+            lines = Negotiation(tls, "ID", UpstreamSetupError)
+            return UpstreamTLSStream(tls, await after_greeting(lines, greeted))
 
     return upgrade
 
@@ -118,17 +121,30 @@ async def starttls_upstream(
         raise UpstreamTLSError(
             f"upstream sent {plain.parser.buffered} bytes after the STARTTLS OK"
         ) from exc
-    tls = trio.SSLStream(stream, context, server_hostname=server_name)
-    await handshake_upstream(tls, telemetry)
-    secure = Negotiation(tls)
-    caps = await _command(secure, b"tls3", b"CAPABILITY", "CAPABILITY after STARTTLS")
-    if greeted is not None:
-        secure.phase, secure.error = "ID", UpstreamSetupError
-        await greeted(secure)
+    tls = tls_stream(stream, context, server_hostname=server_name)
+    async with _owned_on_failure(tls):
+        await handshake_upstream(tls, telemetry)
+        secure = Negotiation(tls)
+        caps = await _command(secure, b"tls3", b"CAPABILITY", "CAPABILITY after STARTTLS")
+        if greeted is not None:
+            secure.phase, secure.error = "ID", UpstreamSetupError
+            await greeted(secure)
     code_part = b"[CAPABILITY " + b" ".join(caps) + b"] " if caps else b""
     text = _GREETING_TEXT.sub(b"", greeting.rstrip(b"\r\n"))
     synthesized = b"* OK " + code_part + (_printable(text) or b"ready") + b"\r\n"
     return UpstreamTLSStream(tls, synthesized + secure.parser.take_rest())
+
+
+@contextlib.asynccontextmanager
+async def _owned_on_failure(tls: TLSLeg) -> AsyncIterator[None]:
+    """A ``SocketTLSStream`` owns the descriptor once its handshake starts: the caller's
+    close of the TCP stream would not close it, so a failure here must."""
+    try:
+        yield
+    except BaseException:
+        if isinstance(tls, SocketTLSStream):
+            await trio.aclose_forcefully(tls)
+        raise
 
 
 async def _command(lines: Negotiation, tag: bytes, command: bytes, what: str) -> list[bytes]:

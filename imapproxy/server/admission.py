@@ -19,6 +19,7 @@ import trio
 
 from imapproxy.net.client_ip import ClientOrigin
 from imapproxy.net.streams import CONNECTION_ERRORS
+from imapproxy.net.tls_socket import SocketTLSStream
 from imapproxy.server.guard import LimitBackend, SessionGuard, report_hit
 from imapproxy.server.proxy_in import receive_origin
 from imapproxy.server.runtime import Runtime
@@ -26,7 +27,7 @@ from imapproxy.telemetry.recorder import Telemetry
 
 __all__ = ["Admission", "Admitted", "ClientStream"]
 
-ClientStream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+ClientStream = trio.SocketStream | SocketTLSStream
 
 TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections\r\n"
 TOO_MANY_FROM_IP = b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
@@ -51,7 +52,7 @@ class Admission:
         """Admit ``stream`` (accepted on ``listener``, ``active`` sessions open), or close
         it and return None. Reads nothing but a PROXY header: the TLS handshake and the
         session's bytes stay in the socket."""
-        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        tcp = stream.transport_stream if isinstance(stream, SocketTLSStream) else stream
         try:
             origin = ClientOrigin.of_socket(tcp.socket)
         except OSError:  # gone already (getpeername fails)

@@ -26,6 +26,7 @@ from imapproxy.inspect.registry import Inspector
 from imapproxy.net.hub import Hub
 from imapproxy.net.streams import CONNECTION_ERRORS
 from imapproxy.net.tls import TLSListener, TLSSetupError, accept_handshake
+from imapproxy.net.tls_socket import SocketTLSStream
 from imapproxy.policy import Policy
 from imapproxy.server import accept, sdnotify
 from imapproxy.server.admission import Admission, ClientStream
@@ -208,7 +209,7 @@ class Proxy:
         del admitted
         with self.sessions.admitted():
             try:
-                if isinstance(stream, trio.SSLStream) and not await accept_handshake(
+                if isinstance(stream, SocketTLSStream) and not await accept_handshake(
                     stream, self.telemetry, peer
                 ):
                     return
