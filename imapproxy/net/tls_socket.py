@@ -24,7 +24,7 @@ import contextlib
 import os
 import socket
 import ssl
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -33,6 +33,7 @@ __all__ = ["SocketTLSStream", "TLSLeg", "tls_stream"]
 _CHECKPOINT_EVERY = 16  # operations that did not wait, between two forced checkpoints
 _CHUNK = 1 << 16  # a read's size when the caller names none; the drain's unit
 _MIN_CONTINUE = 4096  # a record this big may have others queued behind it (bulk): read on
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)  # OpenSSL waits for the socket
 
 
 class SocketTLSStream(trio.abc.Stream):
@@ -112,19 +113,15 @@ class SocketTLSStream(trio.abc.Stream):
         try:
             sock = self._take_socket()
         except ssl.SSLError as exc:  # e.g. a bad server_hostname
-            self._broken = exc
-            raise trio.BrokenResourceError(str(exc)) from exc
+            self._fail(exc)
         await trio.lowlevel.checkpoint_if_cancelled()
         for _ in range(10_000):  # a handshake is a few round trips; bounded all the same
             try:
                 sock.do_handshake()
-            except ssl.SSLWantReadError:
-                readable = True
-            except ssl.SSLWantWriteError:
-                readable = False
+            except _WANT as exc:
+                readable = isinstance(exc, ssl.SSLWantReadError)
             except (ssl.SSLError, OSError) as exc:
-                self._broken = exc
-                raise trio.BrokenResourceError(str(exc)) from exc
+                self._fail(exc)
             else:
                 self._handshook = True
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -143,11 +140,7 @@ class SocketTLSStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is receiving on this TLS stream")
         self._receiving = True
         try:
-            if not self._handshook:
-                await self.do_handshake()
-            self._check()
-            sock = self._sock
-            assert sock is not None
+            sock = await self._usable_socket()
             want = _CHUNK if max_bytes is None else max_bytes
             if want < 1:
                 raise ValueError("max_bytes must be >= 1")
@@ -156,15 +149,11 @@ class SocketTLSStream(trio.abc.Stream):
                 try:
                     data = sock.recv(want)
                     break
-                except ssl.SSLWantReadError:
+                except _WANT as exc:
                     waited = True
-                    await self._wait(readable=True)
-                except ssl.SSLWantWriteError:
-                    waited = True
-                    await self._wait(readable=False)
+                    await self._wait(readable=isinstance(exc, ssl.SSLWantReadError))
                 except (ssl.SSLError, OSError) as exc:
-                    self._broken = exc
-                    raise trio.BrokenResourceError(str(exc)) from exc
+                    self._fail(exc)
             if len(data) >= _MIN_CONTINUE and len(data) < want:
                 data = _read_more(sock, data, want)
             await self._maybe_checkpoint(waited)
@@ -177,11 +166,7 @@ class SocketTLSStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is sending on this TLS stream")
         self._sending = True
         try:
-            if not self._handshook:
-                await self.do_handshake()
-            self._check()
-            sock = self._sock
-            assert sock is not None
+            sock = await self._usable_socket()
             view = memoryview(data)
             waited = False
             # SSL_write without partial writes: a retry after WantWrite passes the same
@@ -189,21 +174,30 @@ class SocketTLSStream(trio.abc.Stream):
             while view:
                 try:
                     sent = sock.send(view)
-                except ssl.SSLWantWriteError:
+                except _WANT as exc:
                     waited = True
-                    await self._wait_in_send(readable=False)
-                    continue
-                except ssl.SSLWantReadError:
-                    waited = True
-                    await self._wait_in_send(readable=True)
+                    await self._wait_in_send(readable=isinstance(exc, ssl.SSLWantReadError))
                     continue
                 except (ssl.SSLError, OSError) as exc:
-                    self._broken = exc
-                    raise trio.BrokenResourceError(str(exc)) from exc
+                    self._fail(exc)
                 view = view[sent:]
             await self._maybe_checkpoint(waited)
         finally:
             self._sending = False
+
+    async def _usable_socket(self) -> ssl.SSLSocket:
+        """The SSL socket for a read or a write: handshaken (now, if nobody asked before),
+        not closed, not broken."""
+        if not self._handshook:
+            await self.do_handshake()
+        self._check()
+        assert self._sock is not None
+        return self._sock
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """An ssl or socket error: the stream is broken from now on."""
+        self._broken = exc
+        raise trio.BrokenResourceError(str(exc)) from exc
 
     async def _wait_in_send(self, readable: bool) -> None:
         try:
