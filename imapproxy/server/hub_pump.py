@@ -219,15 +219,9 @@ class HubPump(ObservedDriver):
         hub.watch(self._fds[1], self, upstream_mask)
 
     def _client_readable(self) -> None:
-        raw = self._from_client.raw
-        assert raw is not None
-        try:
-            data = raw.recv(RECEIVE_SIZE)
-        except BlockingIOError:
+        data = self._read(self._from_client)
+        if data is None:
             return
-        except OSError:
-            data = b""
-        self._touch()
         out = self.session.client_data(data)
         guard = self.ctx.guard
         if guard is not None and guard.delay:
@@ -240,19 +234,27 @@ class HubPump(ObservedDriver):
             self._observe(out)
 
     def _upstream_readable(self) -> None:
-        receiver = self._from_upstream
-        raw = receiver.raw if receiver is not None else None
-        assert raw is not None
-        try:
-            data = raw.recv(RECEIVE_SIZE)
-        except BlockingIOError:
+        assert self._from_upstream is not None
+        data = self._read(self._from_upstream)
+        if data is None:
             return
-        except OSError:
-            data = b""
-        self._touch()
         out = self.session.server_data(data)
         self._enqueue(out)
         if not data or out.close is not None or out.start_client_tls:
             self._hand_over(Handover("upstream", data, out))
         elif out.notes:
             self._observe(out)
+
+    def _read(self, receiver: Receiver) -> bytes | None:
+        """One ``recv`` on a ready leg: its bytes, ``b""`` at EOF or on an error (the session
+        treats both as the end), None when nothing was there after all."""
+        raw = receiver.raw
+        assert raw is not None
+        try:
+            data = raw.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        self._touch()
+        return data
