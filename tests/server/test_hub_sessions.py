@@ -289,3 +289,44 @@ async def test_a_session_that_fails_ends_alone(
     for i in range(3):  # the other session is served on, by the same hub
         assert (await second.command(b"n%d" % i, b"NOOP")).startswith(b"n%d OK" % i)
     assert _driver(proxy)._hub is not None
+
+
+async def test_a_server_busy_writing_is_read_while_client_bytes_wait_for_it(
+    nursery: trio.Nursery,
+) -> None:
+    """The upstream is read even while bytes for it are queued: this server reads nothing
+    until it has written a large answer, so waiting for it to read first would deadlock."""
+    size = 16 * 1024 * 1024
+    payload = bytes(range(256)) * (size // 256)
+    received = 0
+
+    async def writes_first(stream: trio.SocketStream) -> None:
+        nonlocal received
+        await stream.send_all(b"* OK ready\r\n")
+        received += len(await stream.receive_some(1 << 16))  # the start of the APPEND
+        await stream.send_all(b"* 1 FETCH (BODY[] {%d}\r\n%s)\r\n" % (size, payload))
+        expected = len(b"a APPEND INBOX {%d+}\r\n" % size) + size + 2
+        with trio.fail_after(30):
+            while received < expected:
+                chunk = await stream.receive_some(1 << 20)
+                assert chunk, "the proxy closed the upstream leg"
+                received += len(chunk)
+        await stream.send_all(b"a OK APPEND completed\r\n")
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, host="127.0.0.1"), writes_first, 0
+    )
+    port = listeners[0].socket.getsockname()[1]
+    proxy, address = await _start(nursery, Address("127.0.0.1", port))
+    client = await Client.connect(address)
+    assert _driver(proxy)._hub is not None
+
+    async def append() -> None:
+        await client.stream.send_all(b"a APPEND INBOX {%d+}\r\n" % size + payload + b"\r\n")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as both:
+            both.start_soon(append)
+            got = await client.until(b"a OK", limit=30)
+    assert got.startswith(b"* 1 FETCH (BODY[] {%d}\r\n%s)\r\n" % (size, payload))
+    assert received == len(b"a APPEND INBOX {%d+}\r\n" % size) + size + 2
