@@ -64,6 +64,9 @@ class ServerParser(DirectionParser):
     _ENDED_INSIDE = "server closed the connection in the middle of a response"
     _PIPELINED_BEFORE_TLS = "data pipelined after the server's STARTTLS answer"
 
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        super().__init__(max_line)
+
     def next_event(self) -> ServerEvent | Sentinel:
         """The next event (class docstring)."""
         state = self._state
