@@ -163,12 +163,16 @@ def serve(
             if banner is not None:
                 print(banner(proxy), flush=True)
 
-    failed = False
+    failed = interrupted = False
     raise_fd_limit(cfg.limits.max_sessions)
     try:
         telemetry = Telemetry(_start_metrics(cfg))
         proxy = Proxy(cfg, telemetry, reload_config=reload)
         trio.run(main)
+    except* KeyboardInterrupt:
+        # A second SIGINT while stopping (Ctrl-C twice, or a supervisor forwarding its own):
+        # trio re-raises it as the signal receiver closes. The stop was asked for: no traceback.
+        interrupted = True
     except* OSError as group:
         # Start-up failures (port taken, no privilege, unusable certificate): one line each,
         # no traceback. The nursery wraps them in an exception group.
@@ -176,7 +180,9 @@ def serve(
         for exc in group.exceptions:
             log_event(log, "fatal", error=str(exc), level=logging.CRITICAL)
             print(f"imapproxy: {exc}", file=sys.stderr)
-    return 1 if failed else 0
+    if failed:
+        return 1
+    return 130 if interrupted else 0
 
 
 def _start_metrics(cfg: Config) -> Metrics | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import imaplib
+import os
 import signal
 import socket
 import subprocess
@@ -99,6 +101,53 @@ def test_sigterm_without_sessions_exits_promptly(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert time.monotonic() - t0 < 1.5  # no sessions: no need to wait out the grace period
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def test_a_second_interrupt_while_stopping_exits_without_a_traceback() -> None:
+    """Ctrl-C twice, or ``timeout``/a supervisor forwarding the signal it got as well: the
+    demo proxy stops, quietly, whichever moment of its shutdown the second one hits."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        # Under timeout(1), which forwards a SIGINT it gets to the proxy: signalling both, as
+        # `pkill -INT -f` does, delivers the second one a moment into the shutdown.
+        [
+            "timeout",
+            "120",
+            sys.executable,
+            "-m",
+            "imapproxy",
+            "demo",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_listening(port, proc)
+        imap = imaplib.IMAP4("127.0.0.1", port)
+        imap.login("demo", "demo")
+        imap.logout()
+        [proxy_pid] = _children(proc.pid)
+        os.kill(proxy_pid, signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # timeout(1) passes it on
+        code = proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-2000:]
+    # timeout(1) exits with the proxy's status, or 128+n when a signal ended the proxy: 0 (both
+    # handled), 130 (the second cut the stop short, or came after trio gave the default
+    # handler back, which ends the process as a Ctrl-C does).
+    assert code in (0, 130)
 
 
 def test_check_command(tmp_path: Path) -> None:
