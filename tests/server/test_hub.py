@@ -1,7 +1,9 @@
 """The readiness hub's mechanics (``net.hub``) on real socket pairs: what is watched is what
 is served, a failing handler costs only its own descriptor, a hang-up on an unwatched socket
 does not wake the hub, and a flood of ready sockets is served in bounded, fair passes with
-other tasks running between them."""
+other tasks running between them. Every test runs with the hub served in trio's I/O wait
+(``net.io_wait``) and as a task (the fallback), and trio's own contract (timers,
+``wait_all_tasks_blocked``, closing at the end of the run) holds in both."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import trio.testing
 
 from imapproxy.net import hub as hub_module
 from imapproxy.net.hub import IN, OUT, Hub
+
+pytestmark = pytest.mark.usefixtures("hub_mode")  # each test in both modes (conftest.py)
 
 
 class Counter:
@@ -52,7 +56,7 @@ def _close(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
 
 
 async def _settle() -> None:
-    # The hub is a system task: let it take a few passes.
+    # Let the hub (in trio's I/O wait, or a system task) take a few passes.
     for _ in range(5):
         await trio.sleep(0.01)
 
@@ -153,3 +157,59 @@ async def test_a_flood_is_served_in_fair_bounded_passes(monkeypatch: pytest.Monk
             hub.forget(a.fileno())
     finally:
         _close(pairs)
+
+
+def _system_task_names() -> set[str]:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return {t.name for n in root.child_nurseries for t in n.child_tasks}
+
+
+async def test_the_mode_is_the_one_asked_for_and_only_the_task_mode_has_a_task(
+    hub_mode: str,
+) -> None:
+    hub = Hub.current()
+    assert hub.mode == hub_mode  # this trio supports the I/O-wait mode
+    assert ("imapproxy readiness hub" in _system_task_names()) == (hub_mode == "task")
+
+
+async def test_timers_and_wait_all_tasks_blocked_keep_their_meaning_while_sockets_are_served() -> (
+    None
+):
+    hub = Hub.current()
+    [(a, b)] = pairs = _pairs(1)
+    try:
+        echoed: list[bytes] = []
+
+        class Echo(Counter):
+            def hub_ready(self, fd: int, events: int) -> None:
+                super().hub_ready(fd, events)
+                echoed.append(a.recv(100))
+
+        echo = Echo()
+        echo.fd = a.fileno()
+        hub.watch(a.fileno(), echo, IN)
+        start = trio.current_time()
+        for i in range(20):  # socket traffic between timer waits
+            b.send(b"%d" % i)
+            await trio.sleep(0.005)
+        elapsed = trio.current_time() - start
+        assert 0.1 <= elapsed < 2  # each sleep lasted its time: not cut short, not stuck
+        assert b"".join(echoed) == b"".join(b"%d" % i for i in range(20))
+        with trio.fail_after(2):  # an idle watched socket is no runnable task
+            await trio.testing.wait_all_tasks_blocked()
+        hub.forget(a.fileno())
+    finally:
+        _close(pairs)
+
+
+def test_the_hubs_epoll_is_closed_when_the_run_ends(hub_mode: str) -> None:
+    hubs: list[Hub] = []
+
+    async def main() -> None:
+        hubs.append(Hub.current())
+
+    trio.run(main)
+    [hub] = hubs
+    assert hub.mode == hub_mode
+    assert hub._epoll.closed

@@ -24,6 +24,8 @@ from imapproxy.telemetry.recorder import Telemetry
 from tests.conftest import SeedMessage
 from tests.support.accounts import Account
 
+pytestmark = pytest.mark.usefixtures("hub_mode")  # each test in both modes (conftest.py)
+
 _TAGGED = re.compile(rb"(?m)^(\w+) (OK|NO|BAD) ")
 
 

@@ -1,0 +1,104 @@
+"""The readiness hub served in trio's own I/O wait: no task switch per pass.
+
+Served from a system task (``Hub._serve``), every pass of the hub costs a trip through
+trio's scheduler: ``wait_readable`` on the hub's epoll descriptor arms it in trio's epoll
+(``EPOLL_CTL_MOD``/``ADD``, one-shot), the wake-up disarms it (another ``epoll_ctl``), and
+the task is rescheduled and resumed. For a relay whose typical pass is one small command,
+that is a large share of the work per command.
+
+``attach`` instead registers the hub's epoll descriptor once, level-triggered, in trio's
+own epoll object, and makes trio's ``get_events`` (the one place trio waits for I/O, called
+by its run loop between batches of tasks) serve the hub whenever that descriptor is among
+the ready ones: one pass (``Hub.serve_pass``), synchronously, then the rest of the events go
+to trio as usual. Nothing else changes for trio: timeouts, cancellation, signals
+(``KeyboardInterrupt`` is delivered as to any code outside a task: it sets trio's pending
+flag and wakes the loop) and the other tasks' I/O. Between two passes trio runs every task
+that is runnable (a pass happens once per loop iteration at most), which is the fairness
+the task gave.
+
+Contract kept for trio: ``get_events`` returns something false only when its timeout
+expired with nothing ready (trio then jumps a mock clock or wakes ``wait_all_tasks_blocked``
+waiters); a pass of the hub with no event for trio returns ``_SERVED``, empty but true.
+
+Handlers therefore run outside any task: they may do what ``Ready`` allows (no ``await``),
+including setting events, moving cancel-scope deadlines and ``trio.current_time()``, but
+not ``trio.lowlevel.current_task()``.
+
+This uses trio internals (``GLOBAL_RUN_CONTEXT``, ``EpollIOManager`` and its ``_epoll``).
+``attach`` checks for exactly what it uses and returns False otherwise (another trio, a
+platform without epoll, guest mode), and the hub then runs as a task: the same semantics,
+the old cost. ``IMAPPROXY_HUB_TASK=1`` in the environment forces that mode (a diagnostic:
+it is what to compare against when the hub is suspected).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imapproxy.net.hub import Hub
+
+__all__ = ["FORCE_TASK_ENV", "attach"]
+
+FORCE_TASK_ENV = "IMAPPROXY_HUB_TASK"
+
+
+class _Served(tuple[()]):
+    """No event for trio, and no timeout either (``get_events``'s contract)."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_SERVED = _Served()
+
+
+def attach(hub: Hub) -> bool:
+    """Serve ``hub`` in the current trio run's I/O wait (module docstring); False, with
+    nothing changed, when this trio cannot: the caller runs the hub as a task then."""
+    if os.environ.get(FORCE_TASK_ENV):
+        return False
+    try:
+        from trio._core._io_epoll import EpollIOManager
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
+        runner = GLOBAL_RUN_CONTEXT.runner
+        io = runner.io_manager
+        trio_epoll = io._epoll
+    except (ImportError, AttributeError):
+        return False
+    if type(io) is not EpollIOManager or runner.is_guest:
+        return False
+    if not isinstance(trio_epoll, select.epoll):
+        return False
+    io.__class__ = _serving_class(EpollIOManager, hub)
+    trio_epoll.register(hub.fileno(), select.EPOLLIN)
+    return True
+
+
+def _serving_class(base: Any, hub: Hub) -> type:
+    """A subclass of trio's epoll manager (no new slots, so an instance can switch to it)
+    whose ``get_events`` serves ``hub`` and whose ``close`` closes it too."""
+    hub_fd = hub.fileno()
+    base_get_events = base.get_events
+    base_close = base.close
+
+    def get_events(self: Any, timeout: float) -> Any:
+        events = base_get_events(self, timeout)
+        for i, (fd, _) in enumerate(events):
+            if fd == hub_fd:
+                del events[i]  # trio knows nothing of this descriptor
+                hub.serve_pass()
+                return events or _SERVED
+        return events
+
+    def close(self: Any) -> None:
+        hub.close()
+        base_close(self)
+
+    namespace = {"__slots__": (), "get_events": get_events, "close": close}
+    return type("HubServingEpollIOManager", (base,), namespace)
