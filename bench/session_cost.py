@@ -60,6 +60,8 @@ class RecordingConn(Conn):
         take = min(avail, size)
         self._pos += take
         left = size - take
+        if self._sink is None:  # the base class makes it at the first literal
+            self._sink = memoryview(bytearray(1 << 20))
         while left:
             n = self._recv_into(self._sink[: min(left, len(self._sink))])
             left -= n
