@@ -24,6 +24,7 @@ from .events import LiteralData, LiteralHeader
 _TAIL_KEEP = grammar.LITERAL_TAIL
 _COMPACT_AT = 1 << 16  # buffer compaction threshold (not a line limit)
 _LITERAL_END = grammar.LITERAL_AT_END_RE
+_LITERAL_LINE_ENDS = grammar.LITERAL_LINE_ENDS
 
 
 def literal_at_end(line: bytes) -> LiteralHeader | None:
@@ -33,7 +34,7 @@ def literal_at_end(line: bytes) -> LiteralHeader | None:
     ``ProtocolError``: a server might read a literal there, so the proxy must not read
     "no literal".
     """
-    if not (line.endswith(b"}\r\n") or line.endswith(b"}\n")):
+    if not line.endswith(_LITERAL_LINE_ENDS):
         return None
     m = _LITERAL_END.search(line, max(0, len(line) - _TAIL_KEEP))
     if m is None:
@@ -112,8 +113,8 @@ class Framer:
     def next_line(self) -> tuple[bytes, bool] | None:
         """The next line (with its LF) as ``(line, True)``, a piece of an over-long line as
         ``(piece, False)`` when splitting, or None when more input is needed."""
-        buf, pos = self._buf, self._pos
-        idx = buf.find(b"\n", max(pos, self._scan))
+        buf, pos, scan = self._buf, self._pos, self._scan
+        idx = buf.find(b"\n", pos if pos > scan else scan)
         if idx < 0:
             end = len(buf)
             self._scan = end
@@ -135,9 +136,15 @@ class Framer:
             piece = bytes(buf[pos:cut])
             self._consume(cut)
             return piece, False
-        line = buf[pos:end]
-        self._consume(end)
-        return (line if isinstance(line, bytes) else bytes(line)), True
+        if end == len(buf):  # the line ends the input (the common case): nothing left
+            self._buf, self._pos, self._scan = b"", 0, 0
+            if pos == 0 and type(buf) is bytes:
+                return buf, True  # the whole read is the line: no copy
+            line = buf[pos:end]
+        else:
+            line = buf[pos:end]  # before _consume: compaction changes a bytearray in place
+            self._consume(end)
+        return (line if type(line) is bytes else bytes(line)), True
 
     # -- literals -------------------------------------------------------------------
     def start_literal(self, size: int) -> None:

@@ -125,6 +125,8 @@ LITERAL_HEAD = rb"(~?)\{(" + NUMBER64 + rb")(\+?)\}"
 LITERAL_ANNOUNCEMENT = LITERAL_HEAD + rb"\r?\n"
 LITERAL_HEAD_RE = re.compile(LITERAL_HEAD)
 LITERAL_ANNOUNCEMENT_RE = re.compile(LITERAL_ANNOUNCEMENT)
+# How a line that announces a literal ends (the cheap test before the regular expression).
+LITERAL_LINE_ENDS = (b"}\r\n", b"}\n")
 # The announcement a line ends with (search from at most LITERAL_TAIL bytes before the end).
 LITERAL_AT_END_RE = re.compile(LITERAL_ANNOUNCEMENT + rb"\Z")
 # The same with the space before it: strip it to see the arguments before a literal.

@@ -29,6 +29,7 @@ from typing import ClassVar
 from .errors import ProtocolError
 from .events import CLOSED, NEED_DATA, LiteralData, LiteralHeader, Sentinel
 from .framing import Framer, literal_at_end
+from .grammar import LITERAL_LINE_ENDS
 
 
 class DirectionParser:
@@ -79,6 +80,8 @@ class DirectionParser:
     def _literal(self, line: bytes) -> LiteralHeader | None:
         """The literal ``line`` announces at its end; a size out of range closes the parser
         and raises (fatal)."""
+        if not line.endswith(LITERAL_LINE_ENDS):
+            return None  # most lines: no call, no regular expression
         try:
             return literal_at_end(line)
         except ProtocolError:

@@ -36,6 +36,11 @@ from .parser_base import DirectionParser
 DEFAULT_MAX_LINE = grammar.DEFAULT_MAX_LINE
 
 _HEAD = grammar.RESPONSE_HEAD_RE
+_LITERAL_LINE_ENDS = grammar.LITERAL_LINE_ENDS
+# Response words as received -> as reported (upper-case str): a handful of words make up
+# nearly every response, so decoding each once saves two calls per response.
+_WORDS: dict[bytes, str] = {}
+_MAX_WORDS = 512  # a server inventing words cannot grow it without bound
 
 
 class _State(enum.Enum):
@@ -84,7 +89,7 @@ class ServerParser(DirectionParser):
             if state is _State.RESPONSE:
                 return self._response(line, None, partial=True)
             return ResponsePart(line, None, partial=True)
-        literal = self._literal(line)
+        literal = self._literal(line) if line.endswith(_LITERAL_LINE_ENDS) else None
         if literal is None:
             self._state = _State.RESPONSE
         elif literal.size:
@@ -105,5 +110,10 @@ class ServerParser(DirectionParser):
             return Response(ResponseKind.UNKNOWN, b"", "", line, literal, partial)
         tag = m.group(1)
         kind = ResponseKind.UNTAGGED if tag == b"*" else ResponseKind.TAGGED
-        word = m.group(2).decode("ascii").upper()
+        raw_word = m.group(2)
+        word = _WORDS.get(raw_word)
+        if word is None:
+            word = raw_word.decode("ascii").upper()
+            if len(_WORDS) < _MAX_WORDS:
+                _WORDS[raw_word] = word
         return Response(kind, tag, word, line, literal, partial)
