@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class _Served(tuple[()]):
 
 
 _SERVED = _Served()
+# Passes served in one call of get_events while trio has nothing to do (each waits in epoll
+# first); then trio's loop turns once more all the same (its deadlines, its instruments).
+_PASSES_PER_WAIT = 64
 
 
 def attach(hub: Hub) -> bool:
@@ -75,26 +79,48 @@ def attach(hub: Hub) -> bool:
         return False
     if not isinstance(trio_epoll, select.epoll):
         return False
-    io.__class__ = _serving_class(EpollIOManager, hub)
+    io.__class__ = _serving_class(EpollIOManager, hub, runner)
     trio_epoll.register(hub.fileno(), select.EPOLLIN)
     return True
 
 
-def _serving_class(base: Any, hub: Hub) -> type:
+def _serving_class(base: Any, hub: Hub, runner: Any) -> type:
     """A subclass of trio's epoll manager (no new slots, so an instance can switch to it)
     whose ``get_events`` serves ``hub`` and whose ``close`` closes it too."""
     hub_fd = hub.fileno()
     base_get_events = base.get_events
     base_close = base.close
+    runq = runner.runq
+    deadlines = runner.deadlines
+    monotonic = time.monotonic
 
     def get_events(self: Any, timeout: float) -> Any:
         events = base_get_events(self, timeout)
-        for i, (fd, _) in enumerate(events):
-            if fd == hub_fd:
-                del events[i]  # trio knows nothing of this descriptor
-                hub.serve_pass()
+        if not events:
+            return events  # the timeout expired: trio's own case
+        started = 0.0
+        first_deadline = 0.0
+        for _ in range(_PASSES_PER_WAIT):
+            i = _index_of(hub_fd, events)
+            if i < 0:
+                return events  # after a pass, never empty here
+            del events[i]  # trio knows nothing of this descriptor
+            hub.serve_pass()
+            if events or runq:
                 return events or _SERVED
-        return events
+            # Nothing for trio: no task woken, no other descriptor. Wait on within the
+            # timeout trio asked for, unless a handler moved a deadline earlier.
+            if not started:
+                started, first_deadline = monotonic(), deadlines.next_deadline()
+            elif deadlines.next_deadline() < first_deadline:
+                return _SERVED
+            left = timeout - (monotonic() - started)
+            if left <= 0:
+                return _SERVED
+            events = base_get_events(self, left)
+            if not events:
+                return _SERVED  # served during the timeout: not trio's "nothing happened"
+        return events or _SERVED
 
     def close(self: Any) -> None:
         hub.close()
@@ -102,3 +128,10 @@ def _serving_class(base: Any, hub: Hub) -> type:
 
     namespace = {"__slots__": (), "get_events": get_events, "close": close}
     return type("HubServingEpollIOManager", (base,), namespace)
+
+
+def _index_of(fd: int, events: list[tuple[int, int]]) -> int:
+    for i, (ready, _) in enumerate(events):
+        if ready == fd:
+            return i
+    return -1
