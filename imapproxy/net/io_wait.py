@@ -9,12 +9,14 @@ that is a large share of the work per command.
 ``attach`` instead registers the hub's epoll descriptor once, level-triggered, in trio's
 own epoll object, and makes trio's ``get_events`` (the one place trio waits for I/O, called
 by its run loop between batches of tasks) serve the hub whenever that descriptor is among
-the ready ones: one pass (``Hub.serve_pass``), synchronously, then the rest of the events go
-to trio as usual. Nothing else changes for trio: timeouts, cancellation, signals
-(``KeyboardInterrupt`` is delivered as to any code outside a task: it sets trio's pending
-flag and wakes the loop) and the other tasks' I/O. Between two passes trio runs every task
-that is runnable (a pass happens once per loop iteration at most), which is the fairness
-the task gave.
+the ready ones: a pass (``Hub.serve_pass``), synchronously, and the other events go to trio
+as usual. When a pass leaves trio nothing to do (no task woken, no other descriptor ready,
+no deadline moved earlier), ``get_events`` waits again within the timeout trio gave it and
+serves the next pass, up to ``_PASSES_PER_WAIT``, without turning trio's loop in between.
+Nothing else changes for trio: timeouts, cancellation, signals (``KeyboardInterrupt`` is
+delivered as to any code outside a task: it sets trio's pending flag and wakes the loop
+through its wake-up socket, one of trio's descriptors) and the other tasks' I/O. Any task a
+pass makes runnable runs before the next pass, which is the fairness the task gave.
 
 Contract kept for trio: ``get_events`` returns something false only when its timeout
 expired with nothing ready (trio then jumps a mock clock or wakes ``wait_all_tasks_blocked``
