@@ -153,15 +153,7 @@ class SessionDriver(HubPump):
         auth_at = now + self.ctx.auth_timeout
         with self._idle_scope:
             try:
-                handover = None
-                sockets = self._hub_sockets()
-                if sockets is not None:
-                    handover = await self._serve_in_hub(
-                        sockets[0].fileno(), sockets[1].fileno(), auth_at
-                    )
-                    if handover.inline(self):
-                        await self._finish(handover)
-                        handover = None  # (not reached: a finished session is over)
+                handover = await self._serve_hub_rounds(auth_at)
                 await self._pump_both(handover, auth_at)
             except* SessionOver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
@@ -180,7 +172,8 @@ class SessionDriver(HubPump):
                 nursery.start_soon(auth_deadline, self, auth_at)
 
     async def _finish(self, handover: Handover) -> None:
-        """An end the hub handed over, with nothing left queued: no pump needed."""
+        """What the hub handed over that needs no pump (``Handover.inline``): an end with
+        nothing left queued (raises ``SessionOver``), or STARTTLS."""
         if handover.side == "client":
             await self._after_client_read(handover)
         elif handover.side == "upstream":
