@@ -72,7 +72,8 @@ class Receiver:
         if not isinstance(stream, PrefixedStream | UpstreamTLSStream) or not stream.prefix:
             return b""
         prefix, stream.prefix = stream.prefix, b""
-        self._attach()
+        if self._ssl is None:  # the same socket object: a second one would close the fd
+            self._raw = self._sock
         return prefix
 
     def replace(self, stream: trio.abc.Stream) -> None:

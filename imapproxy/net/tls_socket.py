@@ -14,6 +14,12 @@ handshake starts (``detach``: one descriptor, one owner); until then that stream
 ``transport_stream``, so admission can read a PROXY header from it first. From then on
 ``transport_stream``'s socket is closed and only this stream may close the descriptor.
 
+Once the handshake is done the stream lends its ``ssl.SSLSocket`` (``hub_socket``) to the
+readiness hub, which reads and writes it without waiting (``net.receiver``, ``net.fastio``)
+and reports what it saw fail with ``mark_broken``: the stream's own calls and ``aclose`` then
+behave as if their own operation had failed. Both may use the socket in turn (the hub hands a
+session over to the pumps, which use the stream), never at once.
+
 ``tls_stream`` picks this stream for a ``trio.SocketStream`` and ``trio.SSLStream`` for
 anything else (in-memory streams in tests).
 """

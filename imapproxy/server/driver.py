@@ -1,9 +1,12 @@
 """The trio side of one session: sockets in, ``Session`` decisions out, nothing else.
 
-Two ways to run a session's I/O, one rule set. A session whose legs are both plain TCP is
-served by the process's readiness hub (``server.hub_pump``: no task of its own while it runs,
-reads handled synchronously in the hub's task) until something needs an ``await``; TLS
-sessions, and a plain one from the moment the hub hands it over, run on the pumps below.
+Two ways to run a session's I/O, one rule set. A session whose legs the hub can drive (plain
+TCP, or TLS after its handshake over a ``SocketTLSStream``) is served by the process's
+readiness hub (``server.hub_pump``: no task of its own while it runs, reads handled
+synchronously in the hub's task) until something needs an ``await``; a client STARTTLS is
+done by the session's task, which then hands the session back to the hub. Other sessions
+(``trio.SSLStream`` legs), and any from the moment the hub hands it to the pumps, run on the
+pumps below.
 
 Pumps: one nursery per session with one pump task per direction. Each pump reads, hands the
 bytes to the pure ``Session`` and executes the ``Output``: one write per destination (all

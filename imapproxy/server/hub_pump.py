@@ -1,15 +1,21 @@
-"""The synchronous half of a session's driver, and its plain-TCP legs served by the hub.
+"""The synchronous half of a session's driver, and its legs served by the hub.
 
 ``HubPump`` holds what executing a ``Session`` decision needs without an ``await``:
 queueing an ``Output``'s bytes on both sides (``_enqueue``), passing its notes on
 (``_observe``), moving the idle deadline (``_touch``). ``SessionDriver`` adds the async half
 (the pumps, flushes, TLS, endings).
 
-Hub mode (``_serve_in_hub``): when both legs are plain TCP, the session's two sockets are
+Hub mode (``_serve_in_hub``): when the hub can drive both legs, the session's two sockets are
 watched by the process's readiness hub (``net.hub``) and every read is handled in the hub's
-task, with no task switch: ``recv``, ``Session.client_data``/``server_data``, ``_enqueue``,
-notes. The session's own task (``run``) just waits meanwhile; a logged-in idle plain session
-holds no other task. The backpressure rules are the pumps' (``server.driver``), as masks:
+task, with no task switch: ``read_now``, ``Session.client_data``/``server_data``,
+``_enqueue``, notes. A leg the hub can drive is plain TCP, or TLS once its handshake is done
+(the implicit-TLS listener's, before the driver starts; the upstream's, in
+``open_upstream``; the client's STARTTLS, below), through its ``ssl.SSLSocket`` itself
+(``net.receiver``, ``net.fastio``); a ``trio.SSLStream`` is left to the pumps. A prefix a
+connector read (the greeting it synthesized or read before its ID step) is the first upstream
+read, handled before the sockets are watched. The session's own task (``run``) just waits
+meanwhile; a logged-in idle session holds no other task. The backpressure rules are the
+pumps' (``server.driver``), as masks:
 
 * the client socket is read only while neither side has bytes queued (a partial write) and
   the client parser is not paused;
@@ -20,13 +26,18 @@ holds no other task. The backpressure rules are the pumps' (``server.driver``), 
 
 What needs an ``await`` is handed over (``Handover``) to the session's task, with the hub no
 longer watching either socket: EOF or a close either way, STARTTLS, a throttled login (the
-guard's delay), a failed write. Ends with nothing queued are finished by the task itself
-(``Handover.inline``); the rest continue on the pumps for the remainder of the session, which
-carry on from the exact point the hub stopped (the output handed over comes first).
+guard's delay), a failed write, and on a TLS leg what OpenSSL must do the other way round (a
+read that must write first, a write that must read first: renegotiation) or an end met right
+behind bytes. Ends with nothing queued are finished by the task itself (``Handover.inline``);
+so is STARTTLS with nothing queued upstream: the task writes the OK, runs the handshake
+(within the auth deadline) and the session goes back to the hub over TLS
+(``_serve_hub_rounds``). The rest continue on the pumps for the remainder of the session,
+which carry on from the exact point the hub stopped (the output handed over comes first).
 """
 
 from __future__ import annotations
 
+from math import inf
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import trio
@@ -136,15 +147,15 @@ class HubPump(ObservedDriver):
             handover = await self._serve_in_hub(sockets[0], sockets[1], auth_at)
             if not handover.inline(self):
                 return handover
-            if self.session.user is None and self.ctx.auth_timeout:
-                with trio.CancelScope(deadline=auth_at) as scope:
-                    await driver._finish(handover)
-                if scope.cancelled_caught and self.session.user is None:
-                    await auth_expired(driver)
-            else:
-                await driver._finish(handover)  # raises SessionOver if the session ended
             if not handover.out.start_client_tls:
-                return None
+                await driver._finish(handover)  # an end: raises SessionOver
+                return None  # (a plain hand-over: the pumps carry on)
+            # STARTTLS (before login): the handshake within the auth deadline too, as on
+            # the pumps, where the deadline task runs alongside.
+            with trio.CancelScope(deadline=auth_at if self.ctx.auth_timeout else inf) as scope:
+                await driver._finish(handover)
+            if scope.cancelled_caught and self.session.user is None:
+                await auth_expired(driver)
         return None
 
     def _hub_sockets(self) -> tuple[int, int] | None:
