@@ -92,6 +92,7 @@ class HubPump(ObservedDriver):
     auth_scope: trio.CancelScope | None
     _hub: Hub | None
     _fds: tuple[int, int]  # client, upstream (hub mode)
+    _masks: tuple[int, int]  # what the hub watches on them now
     _handover: Handover | Exception | None
 
     # --- decisions without an await ------------------------------------------------------
@@ -126,10 +127,12 @@ class HubPump(ObservedDriver):
                 elif isinstance(note, LimitHit):
                     guard.hit(note.reason)
 
-    def _touch(self) -> None:
+    def _touch(self, now: float | None = None) -> None:
         # Moving a cancel scope's deadline is a heap operation: not on every read (at most
         # every tenth of the timeout, so the timeout stays within 10% of what is configured).
-        now = trio.current_time()
+        # ``now``: the hub's pass time, read once per pass.
+        if now is None:
+            now = trio.current_time()
         if now - self._touched > min(1.0, self.ctx.idle_timeout / 10):
             self._touched = now
             self._idle_scope.deadline = now + self.ctx.idle_timeout
@@ -179,6 +182,7 @@ class HubPump(ObservedDriver):
         auth deadline, and whatever the hub caught from this session's processing (a bug:
         ``run`` logs it)."""
         self._fds = (client, upstream)
+        self._masks = (0, 0)
         self._handover = None
         self._resume = trio.Event()
         assert self._from_upstream is not None
@@ -210,6 +214,7 @@ class HubPump(ObservedDriver):
         hub = self._hub
         if hub is not None:
             self._hub = None
+            self._masks = (0, 0)
             hub.forget(self._fds[0])
             hub.forget(self._fds[1])
 
@@ -258,8 +263,11 @@ class HubPump(ObservedDriver):
                 client_mask = IN
         if to_upstream.waiting:
             upstream_mask |= OUT
-        hub.watch(self._fds[0], self, client_mask)
-        hub.watch(self._fds[1], self, upstream_mask)
+        masks = (client_mask, upstream_mask)
+        if masks != self._masks:  # most events change nothing: no call into the hub
+            self._masks = masks
+            hub.watch(self._fds[0], self, client_mask)
+            hub.watch(self._fds[1], self, upstream_mask)
 
     def _client_readable(self) -> None:
         receiver = self._from_client
@@ -268,7 +276,8 @@ class HubPump(ObservedDriver):
             if receiver.needs_pumps:
                 self._hand_over(Handover("", b"-", Output()))
             return
-        self._touch()
+        assert self._hub is not None
+        self._touch(self._hub.now)
         out = self.session.client_data(data)
         guard = self.ctx.guard
         if guard is not None and guard.delay:
@@ -288,7 +297,8 @@ class HubPump(ObservedDriver):
         assert receiver is not None
         data = receiver.read_now(RECEIVE_SIZE)
         if data is not None:
-            self._touch()
+            assert self._hub is not None
+            self._touch(self._hub.now)
             self._upstream_data(data)
         if receiver.needs_pumps and self._hub is not None:
             self._hand_over(Handover("", b"-", Output()))
