@@ -58,16 +58,13 @@ _current: trio.lowlevel.RunVar[Hub] = trio.lowlevel.RunVar("imapproxy_hub")
 class Hub:
     """The hub of the current trio run (``current``); ``watch``/``forget`` descriptors."""
 
-    __slots__ = ("_epoll", "_handlers", "_masks", "now", "passes")
+    __slots__ = ("_epoll", "_handlers", "_masks", "passes")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._handlers: dict[int, Ready] = {}
         self._masks: dict[int, int] = {}  # registered descriptors only (mask != 0)
         self.passes = 0  # passes with work done (tests read it)
-        # trio.current_time() at the start of the pass being served: handlers read it
-        # rather than the clock (one clock read per pass, not per ready socket).
-        self.now = 0.0
 
     @staticmethod
     def current() -> Hub:
@@ -124,7 +121,6 @@ class Hub:
                 events = ep.poll(0, MAX_EVENTS)
                 if events:
                     self.passes += 1
-                    self.now = trio.current_time()
                 for fd, ready in events:
                     self._dispatch(fd, ready)
         finally:

@@ -127,12 +127,10 @@ class HubPump(ObservedDriver):
                 elif isinstance(note, LimitHit):
                     guard.hit(note.reason)
 
-    def _touch(self, now: float | None = None) -> None:
+    def _touch(self) -> None:
         # Moving a cancel scope's deadline is a heap operation: not on every read (at most
         # every tenth of the timeout, so the timeout stays within 10% of what is configured).
-        # ``now``: the hub's pass time, read once per pass.
-        if now is None:
-            now = trio.current_time()
+        now = trio.current_time()
         if now - self._touched > min(1.0, self.ctx.idle_timeout / 10):
             self._touched = now
             self._idle_scope.deadline = now + self.ctx.idle_timeout
@@ -276,8 +274,7 @@ class HubPump(ObservedDriver):
             if receiver.needs_pumps:
                 self._hand_over(Handover("", b"-", Output()))
             return
-        assert self._hub is not None
-        self._touch(self._hub.now)
+        self._touch()
         out = self.session.client_data(data)
         guard = self.ctx.guard
         if guard is not None and guard.delay:
@@ -297,8 +294,7 @@ class HubPump(ObservedDriver):
         assert receiver is not None
         data = receiver.read_now(RECEIVE_SIZE)
         if data is not None:
-            assert self._hub is not None
-            self._touch(self._hub.now)
+            self._touch()
             self._upstream_data(data)
         if receiver.needs_pumps and self._hub is not None:
             self._hand_over(Handover("", b"-", Output()))
