@@ -1,47 +1,52 @@
 """Socket I/O for one side of a session, cheap in the common case, in order always.
 
-Reading: trio's ``receive_some`` tries ``recv``, and after a successful one still yields to
-the scheduler; per small command that forced pass is a large share of the relay's CPU. On a
-plain TCP stream the reader calls ``recv`` on the non-blocking socket itself and waits in
-trio (``wait_readable``) only when there is nothing to read, with a checkpoint every
-``_CHECKPOINT_EVERY`` reads so a busy session still lets others run and can be cancelled.
-
-Writing is split in two so that order never depends on which task gets to run first:
+Reading is ``net.receiver.Receiver`` (re-exported here). Writing is split in two so that
+order never depends on which task gets to run first:
 
 * ``Sender.enqueue`` is synchronous. It puts the bytes behind everything enqueued before
-  them; when nothing is queued, a plain TCP stream tries a non-blocking ``send`` at once and
-  queues only what the kernel did not take. Both pumps of a session write to both sides, and
-  a caller that enqueues right after the session produced the bytes (no ``await`` between)
-  gets the session's order on the wire, whichever task it runs in.
+  them; when nothing is queued, it tries a non-blocking ``send`` at once on the side's
+  direct socket (``net.direct``: a plain TCP socket, or a TLS leg's ``ssl.SSLSocket`` once
+  its handshake is done) and queues only what was not taken. Both pumps of a session write
+  to both sides, and a caller that enqueues right after the session produced the bytes (no
+  ``await`` between) gets the session's order on the wire, whichever task it runs in.
 * ``await Sender.flush()`` returns once everything enqueued so far is written. When the
-  kernel took it all it returns without a trip through the scheduler (most writes are a
+  socket took it all it returns without a trip through the scheduler (most writes are a
   small command or response). Otherwise one task at a time drains the queue (a FIFO lock),
   oldest bytes first. A pump awaits it before reading more: that is the backpressure.
 
 The readiness hub (``net.hub``, ``server.hub_pump``) uses the same objects without
-awaiting: it reads ``Receiver.raw`` itself, and writes a partial write's remainder with
-``Sender.write_queued`` when the socket is writable (``waiting`` says there is one).
+awaiting: it reads with ``Receiver.read_now``, and writes what is queued with
+``Sender.write_queued`` when the socket is writable (``waiting`` says there is some).
 
-TLS streams queue everything and write in ``flush``: their bytes must go through the SSL
-object. ``upgrade`` switches a sender to a new stream (STARTTLS) and keeps back whatever is
-enqueued after the last plaintext bytes until the new stream is there.
+TLS writes: ``SSLWantWriteError`` is a write that would block; OpenSSL then holds a
+half-done write (no partial writes; the ssl module sets
+``SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``), so the very same bytes must be retried: such a
+chunk stays the head of the queue, unchanged, until it is written (by ``write_queued``, or
+by ``flush`` through the stream's ``send_all``, which retries the same way).
+``SSLWantReadError`` on a write (renegotiation) sets ``needs_pumps``: the hub hands over.
+A failure marks the TLS stream broken too (``SocketTLSStream.mark_broken``), so its own
+calls and its close see it. A stream without a direct socket (``trio.SSLStream``, memory
+streams in tests) queues everything and writes in ``flush``.
 
-Descriptors: the raw socket is a second Python object on trio's own descriptor (no ``dup``),
-so a plain session costs two descriptors, one per leg. It must never close that descriptor:
-``close`` detaches it, and must run before trio's stream is closed (a closed descriptor
-number is soon reused by another connection).
+``upgrade`` switches a sender to a new stream (STARTTLS) and keeps back whatever is enqueued
+after the last plaintext bytes until the new stream is there.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from imapproxy.net.streams import PrefixedStream
+from imapproxy.net.direct import direct_socket
+from imapproxy.net.receiver import Receiver
 
-_CHECKPOINT_EVERY = 32
+__all__ = ["Receiver", "Sender", "StreamUpgrade"]
+
+# A send that would block: the kernel's buffer (plain) or OpenSSL's write (TLS) is full.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError)
 
 StreamUpgrade = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
 
@@ -55,6 +60,8 @@ class Sender:
         "_pending",
         "_raw",
         "_released",
+        "_tls",
+        "_wants_read",
         "stream",
     )
 
@@ -70,7 +77,8 @@ class Sender:
         self._released: trio.Event | None = None  # made by hold(): rare, and 350 bytes
         self._broken: str | None = None  # why the stream failed (enqueue never raises)
         self._background = False  # a flush_soon task is on its way
-        self._raw = _raw_socket(stream)
+        self._wants_read = False  # a TLS write needs the peer's bytes first (renegotiation)
+        self._raw, self._tls = direct_socket(stream)
 
     @property
     def needs_flush(self) -> bool:
@@ -87,8 +95,15 @@ class Sender:
         return self._broken is not None
 
     @property
+    def needs_pumps(self) -> bool:
+        """The hub cannot go on with this side: it failed, or a TLS write must wait for the
+        peer's bytes (``SSLWantReadError``: the pumps' ``flush`` waits for them)."""
+        return self._broken is not None or self._wants_read
+
+    @property
     def raw(self) -> socket.socket | None:
-        """The socket that ``enqueue`` writes to directly (plain TCP), else None."""
+        """The socket that ``enqueue`` writes to directly: a plain TCP socket, or a TLS
+        leg's ``ssl.SSLSocket`` once its handshake is done; else None."""
         return self._raw
 
     @property
@@ -111,13 +126,17 @@ class Sender:
             return
         try:
             sent = raw.send(data)
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             sent = 0
+        except ssl.SSLWantReadError:
+            sent, self._wants_read = 0, True
         except OSError as exc:  # the peer is gone
-            self._broken = str(exc)
+            self._fail(exc)
             return
         if sent < len(data):
-            self._pending.append(memoryview(data)[sent:])
+            # TLS: the same bytes are retried (OpenSSL keeps the half-done write), so the
+            # head of the queue stays this object until it is sent.
+            self._pending.append(memoryview(data)[sent:] if sent else data)
 
     async def flush(self) -> None:
         """Wait until everything enqueued so far is written (raises BrokenResourceError if
@@ -135,24 +154,33 @@ class Sender:
                 await self._drain()
 
     def write_queued(self) -> None:
-        """Write what is queued as far as the kernel takes it now, without blocking (the
-        hub's ``OUT`` handler; plain TCP only). A failure marks the sender broken."""
+        """Write what is queued as far as the socket takes it now, without blocking (the
+        hub's ``OUT`` handler; ``raw`` must be set). A failure marks the sender broken; a
+        TLS write that needs to read first sets ``needs_pumps``."""
         pending, raw = self._pending, self._raw
         assert raw is not None
         while pending and self._broken is None:
             chunk = pending[0]
             try:
                 sent = raw.send(chunk)
-            except BlockingIOError:
+            except _WOULD_BLOCK:
+                return
+            except ssl.SSLWantReadError:
+                self._wants_read = True
                 return
             except OSError as exc:
-                self._broken = str(exc)
+                self._fail(exc)
                 pending.clear()
                 return
-            if sent < len(chunk):
+            if sent < len(chunk):  # plain TCP (OpenSSL here writes all or nothing)
                 pending[0] = memoryview(chunk)[sent:]
                 return
             pending.pop(0)
+
+    def _fail(self, exc: OSError) -> None:
+        self._broken = str(exc) or type(exc).__name__
+        if self._tls is not None:  # its own calls (the pumps, aclose) see it broken too
+            self._tls.mark_broken(exc)
 
     def flush_soon(self, nursery: trio.Nursery) -> None:
         """Have what is queued written by a task of ``nursery``, for a caller that must not
@@ -187,7 +215,7 @@ class Sender:
             stream = await wrap(self.stream)
             self._detach()
             self.stream = stream
-            self._raw = _raw_socket(stream)
+            self._raw, self._tls = direct_socket(stream)
             self._pending.extend(self._held_back)
             self._held_back = None
             if self._released is not None:
@@ -203,17 +231,20 @@ class Sender:
         # Under the lock. Cancellation leaves the raw queue consistent (a partial write
         # shortens the head in place), so a later flush carries on where this one stopped. A
         # cancelled TLS send_all leaves the SSLStream broken: the head is never re-sent.
+        # TLS goes through the stream, whose send_all retries the head's very bytes (a
+        # direct write that would have blocked may have left OpenSSL half-way through it).
         pending = self._pending
         while pending and self._broken is None:
             chunk = pending[0]
             raw = self._raw
-            if raw is None:
+            if raw is None or self._tls is not None:
                 try:
                     await self.stream.send_all(chunk)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self._broken = str(exc) or type(exc).__name__
                     break
                 pending.pop(0)
+                self._wants_read = False
                 continue
             try:
                 sent = raw.send(chunk)
@@ -234,6 +265,9 @@ class Sender:
 
     def close(self) -> None:
         """Drop what is queued and let go of the descriptor (before the stream is closed)."""
+        if self._pending and self._tls is not None:
+            # The head may be a write OpenSSL left half-done: no close_notify after it.
+            self._tls.mark_broken(trio.BrokenResourceError("closed with bytes queued"))
         self._pending.clear()
         self._held_back = None
         if self._released is not None:
@@ -244,86 +278,10 @@ class Sender:
     def _detach(self) -> None:
         raw = getattr(self, "_raw", None)  # unset if __init__ failed before it
         if raw is not None:
-            raw.detach()
+            if getattr(self, "_tls", None) is None:  # a TLS stream's own socket: not ours
+                raw.detach()
             self._raw = None
+            self._tls = None
 
     def __del__(self) -> None:
         self._detach()  # a forgotten close must not close trio's descriptor
-
-
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """A stdlib socket object on the stream's own descriptor (plain TCP streams only).
-
-    It shares trio's descriptor and file flags (non-blocking), so ``send``/``recv`` on it never
-    block. It must be ``detach()``-ed, never closed or left to the garbage collector (which
-    would close trio's descriptor): ``Sender.close``/``Receiver.close`` and ``__del__`` see to
-    that.
-    """
-    if isinstance(stream, PrefixedStream):
-        stream = stream.transport
-    if not isinstance(stream, trio.SocketStream):
-        return None
-    fd = stream.socket.fileno()
-    if fd < 0:
-        return None
-    try:
-        raw = socket.socket(fileno=fd)
-    except OSError:
-        return None
-    raw.setblocking(False)
-    return raw
-
-
-class Receiver:
-    __slots__ = ("_raw", "_reads", "stream")
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self._raw = _receiving_socket(stream)
-        self._reads = 0
-
-    @property
-    def raw(self) -> socket.socket | None:
-        """The socket ``receive`` reads directly (plain TCP, no prefix left), else None."""
-        return self._raw
-
-    def replace(self, stream: trio.abc.Stream) -> None:
-        """The stream changed (STARTTLS): read from the new one from now on."""
-        self.close()
-        self.stream = stream
-        self._raw = _receiving_socket(stream)
-
-    async def receive(self, max_bytes: int) -> bytes:
-        raw = self._raw
-        if raw is None:
-            data = bytes(await self.stream.receive_some(max_bytes))
-            if isinstance(self.stream, PrefixedStream) and not self.stream.prefix:
-                self._raw = _raw_socket(self.stream)  # prefix delivered: the direct path
-            return data
-        self._reads += 1
-        if self._reads % _CHECKPOINT_EVERY == 0:
-            await trio.lowlevel.checkpoint()
-        while True:
-            try:
-                return raw.recv(max_bytes)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(raw)
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-
-    def close(self) -> None:
-        """Let go of the descriptor (before the stream is closed); never closes it."""
-        raw = getattr(self, "_raw", None)  # unset if __init__ failed before it
-        if raw is not None:
-            raw.detach()
-            self._raw = None
-
-    def __del__(self) -> None:
-        self.close()  # a forgotten close must not close trio's descriptor
-
-
-def _receiving_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    # A prefix still to deliver goes through the stream first (see ``receive``).
-    if isinstance(stream, PrefixedStream) and stream.prefix:
-        return None
-    return _raw_socket(stream)

@@ -1,8 +1,10 @@
-"""One readiness hub per trio run: plain-TCP sockets served without a task switch.
+"""One readiness hub per trio run: session sockets served without a task switch.
 
 Waiting in trio costs a task wake-up and an ``epoll_ctl`` per wait; for a proxy whose typical
 read is one small command, that is most of its CPU. The hub instead keeps the sockets of every
-plain-TCP session leg registered, level-triggered, in one ``select.epoll`` object of its own,
+session leg it serves (plain TCP, and TLS legs after their handshake: their handlers read
+what OpenSSL decrypted already in the same turn, which epoll cannot report) registered,
+level-triggered, in one ``select.epoll`` object of its own,
 and a single trio task (a system task of the run, started by the first ``Hub.current()``)
 waits for that epoll descriptor. When it is readable, the task takes up to ``MAX_EVENTS``
 ready sockets and calls each one's handler synchronously: a handler reads, decides and writes

@@ -241,14 +241,14 @@ class UpstreamTLSStream(trio.abc.Stream):
 
     def __init__(self, ssl_stream: TLSLeg, prefix: bytes = b"") -> None:
         self.ssl_stream = ssl_stream  # the driver logs its version and cipher
-        self._prefix = prefix
+        self.prefix = prefix
         self._ssl_object: ssl.SSLObject | None = getattr(ssl_stream, "_ssl_object", None)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
+        if self.prefix:
             await trio.lowlevel.checkpoint()
-            n = len(self._prefix) if max_bytes is None else max_bytes
-            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+            n = len(self.prefix) if max_bytes is None else max_bytes
+            chunk, self.prefix = self.prefix[:n], self.prefix[n:]
             return chunk
         data = await self.ssl_stream.receive_some(max_bytes)
         if self._ssl_object is None or not data or max_bytes is None:

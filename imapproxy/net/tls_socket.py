@@ -14,6 +14,12 @@ handshake starts (``detach``: one descriptor, one owner); until then that stream
 ``transport_stream``, so admission can read a PROXY header from it first. From then on
 ``transport_stream``'s socket is closed and only this stream may close the descriptor.
 
+Once the handshake is done the stream lends its ``ssl.SSLSocket`` (``hub_socket``) to the
+readiness hub, which reads and writes it without waiting (``net.receiver``, ``net.fastio``)
+and reports what it saw fail with ``mark_broken``: the stream's own calls and ``aclose`` then
+behave as if their own operation had failed. Both may use the socket in turn (the hub hands a
+session over to the pumps, which use the stream), never at once.
+
 ``tls_stream`` picks this stream for a ``trio.SocketStream`` and ``trio.SSLStream`` for
 anything else (in-memory streams in tests).
 """
@@ -79,6 +85,20 @@ class SocketTLSStream(trio.abc.Stream):
     def fileno(self) -> int:
         return -1 if self._sock is None else self._sock.fileno()
 
+    # --- driven by the readiness hub (net.fastio) -------------------------------------
+    def hub_socket(self) -> ssl.SSLSocket | None:
+        """The SSL socket for a caller that reads and writes it itself without waiting (the
+        hub): only once the handshake is done, while the stream is neither broken nor
+        closed. Whoever uses it reports its failures with ``mark_broken``."""
+        healthy = self._handshook and self._broken is None and not self._closed
+        return self._sock if healthy else None
+
+    def mark_broken(self, exc: BaseException) -> None:
+        """A read or write on ``hub_socket`` failed (or a write was left half-done): the
+        stream is broken from now on, as if its own operation had failed."""
+        if self._broken is None:
+            self._broken = exc
+
     # --- handshake ----------------------------------------------------------------------
     def _take_socket(self) -> ssl.SSLSocket:
         if self._sock is not None:
@@ -88,19 +108,7 @@ class SocketTLSStream(trio.abc.Stream):
         fd = self.transport_stream.socket.detach()
         if fd < 0:
             raise trio.ClosedResourceError("the transport's socket is closed")
-        raw = socket.socket(fileno=fd)
-        raw.setblocking(False)
-        try:
-            self._sock = self._context.wrap_socket(
-                raw,
-                server_side=self._server_side,
-                server_hostname=self._server_hostname,
-                do_handshake_on_connect=False,
-                suppress_ragged_eofs=False,
-            )
-        except BaseException:
-            raw.close()  # nothing else owns the descriptor any more
-            raise
+        self._sock = _wrap(fd, self._context, self._server_side, self._server_hostname)
         return self._sock
 
     async def do_handshake(self) -> None:
@@ -279,6 +287,24 @@ class SocketTLSStream(trio.abc.Stream):
         finally:
             sock.close()
         await trio.lowlevel.checkpoint()
+
+
+def _wrap(
+    fd: int, context: ssl.SSLContext, server_side: bool, server_hostname: str | None
+) -> ssl.SSLSocket:
+    raw = socket.socket(fileno=fd)
+    raw.setblocking(False)
+    try:
+        return context.wrap_socket(
+            raw,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=False,
+        )
+    except BaseException:
+        raw.close()  # nothing else owns the descriptor any more
+        raise
 
 
 def _read_more(sock: ssl.SSLSocket, first: bytes, want: int) -> bytes:

@@ -1,9 +1,12 @@
 """The trio side of one session: sockets in, ``Session`` decisions out, nothing else.
 
-Two ways to run a session's I/O, one rule set. A session whose legs are both plain TCP is
-served by the process's readiness hub (``server.hub_pump``: no task of its own while it runs,
-reads handled synchronously in the hub's task) until something needs an ``await``; TLS
-sessions, and a plain one from the moment the hub hands it over, run on the pumps below.
+Two ways to run a session's I/O, one rule set. A session whose legs the hub can drive (plain
+TCP, or TLS after its handshake over a ``SocketTLSStream``) is served by the process's
+readiness hub (``server.hub_pump``: no task of its own while it runs, reads handled
+synchronously in the hub's task) until something needs an ``await``; a client STARTTLS is
+done by the session's task, which then hands the session back to the hub. Other sessions
+(``trio.SSLStream`` legs), and any from the moment the hub hands it to the pumps, run on the
+pumps below.
 
 Pumps: one nursery per session with one pump task per direction. Each pump reads, hands the
 bytes to the pure ``Session`` and executes the ``Output``: one write per destination (all
@@ -153,15 +156,7 @@ class SessionDriver(HubPump):
         auth_at = now + self.ctx.auth_timeout
         with self._idle_scope:
             try:
-                handover = None
-                sockets = self._hub_sockets()
-                if sockets is not None:
-                    handover = await self._serve_in_hub(
-                        sockets[0].fileno(), sockets[1].fileno(), auth_at
-                    )
-                    if handover.inline(self):
-                        await self._finish(handover)
-                        handover = None  # (not reached: a finished session is over)
+                handover = await self._serve_hub_rounds(auth_at)
                 await self._pump_both(handover, auth_at)
             except* SessionOver:
                 pass  # one pump decided the session is over; the nursery cancelled the other
@@ -180,7 +175,8 @@ class SessionDriver(HubPump):
                 nursery.start_soon(auth_deadline, self, auth_at)
 
     async def _finish(self, handover: Handover) -> None:
-        """An end the hub handed over, with nothing left queued: no pump needed."""
+        """What the hub handed over that needs no pump (``Handover.inline``): an end with
+        nothing left queued (raises ``SessionOver``), or STARTTLS."""
         if handover.side == "client":
             await self._after_client_read(handover)
         elif handover.side == "upstream":

@@ -1,15 +1,21 @@
-"""The synchronous half of a session's driver, and its plain-TCP legs served by the hub.
+"""The synchronous half of a session's driver, and its legs served by the hub.
 
 ``HubPump`` holds what executing a ``Session`` decision needs without an ``await``:
 queueing an ``Output``'s bytes on both sides (``_enqueue``), passing its notes on
 (``_observe``), moving the idle deadline (``_touch``). ``SessionDriver`` adds the async half
 (the pumps, flushes, TLS, endings).
 
-Hub mode (``_serve_in_hub``): when both legs are plain TCP, the session's two sockets are
+Hub mode (``_serve_in_hub``): when the hub can drive both legs, the session's two sockets are
 watched by the process's readiness hub (``net.hub``) and every read is handled in the hub's
-task, with no task switch: ``recv``, ``Session.client_data``/``server_data``, ``_enqueue``,
-notes. The session's own task (``run``) just waits meanwhile; a logged-in idle plain session
-holds no other task. The backpressure rules are the pumps' (``server.driver``), as masks:
+task, with no task switch: ``read_now``, ``Session.client_data``/``server_data``,
+``_enqueue``, notes. A leg the hub can drive is plain TCP, or TLS once its handshake is done
+(the implicit-TLS listener's, before the driver starts; the upstream's, in
+``open_upstream``; the client's STARTTLS, below), through its ``ssl.SSLSocket`` itself
+(``net.receiver``, ``net.fastio``); a ``trio.SSLStream`` is left to the pumps. A prefix a
+connector read (the greeting it synthesized or read before its ID step) is the first upstream
+read, handled before the sockets are watched. The session's own task (``run``) just waits
+meanwhile; a logged-in idle session holds no other task. The backpressure rules are the
+pumps' (``server.driver``), as masks:
 
 * the client socket is read only while neither side has bytes queued (a partial write) and
   the client parser is not paused;
@@ -20,13 +26,18 @@ holds no other task. The backpressure rules are the pumps' (``server.driver``), 
 
 What needs an ``await`` is handed over (``Handover``) to the session's task, with the hub no
 longer watching either socket: EOF or a close either way, STARTTLS, a throttled login (the
-guard's delay), a failed write. Ends with nothing queued are finished by the task itself
-(``Handover.inline``); the rest continue on the pumps for the remainder of the session, which
-carry on from the exact point the hub stopped (the output handed over comes first).
+guard's delay), a failed write, and on a TLS leg what OpenSSL must do the other way round (a
+read that must write first, a write that must read first: renegotiation) or an end met right
+behind bytes. Ends with nothing queued are finished by the task itself (``Handover.inline``);
+so is STARTTLS with nothing queued upstream: the task writes the OK, runs the handshake
+(within the auth deadline) and the session goes back to the hub over TLS
+(``_serve_hub_rounds``). The rest continue on the pumps for the remainder of the session,
+which carry on from the exact point the hub stopped (the output handed over comes first).
 """
 
 from __future__ import annotations
 
+from math import inf
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import trio
@@ -38,8 +49,6 @@ from imapproxy.server.session_view import ObservedDriver
 from imapproxy.session.output import LimitHit, LoginDone, Output
 
 if TYPE_CHECKING:
-    import socket
-
     from imapproxy.server.driver import SessionDriver
 
 __all__ = ["RECEIVE_SIZE", "Handover", "HubPump"]
@@ -47,12 +56,14 @@ __all__ = ["RECEIVE_SIZE", "Handover", "HubPump"]
 RECEIVE_SIZE = 256 * 1024
 _READ = IN | ERR | HUP  # a read tells which (data, EOF or an error)
 _WRITE = OUT | ERR | HUP
+_MAX_HUB_ROUNDS = 3  # hub, STARTTLS in the session's task, hub again (one STARTTLS a session)
 
 
 class Handover(NamedTuple):
-    """What the hub could not finish: the side it read (``client``/``upstream``; ``""`` for a
-    failed write), what it read (``b""``: EOF), the session's output and whether that output
-    is queued already (a throttled login's is not: it waits for the delay)."""
+    """What the hub could not finish: the side it read (``client``/``upstream``; ``""``
+    when the pumps just carry on, e.g. after a failed write), what it read (``b""``: EOF),
+    the session's output and whether that output is queued already (a throttled login's is
+    not: it waits for the delay)."""
 
     side: str
     data: bytes
@@ -60,11 +71,14 @@ class Handover(NamedTuple):
     enqueued: bool = True
 
     def inline(self, driver: HubPump) -> bool:
-        """The session ends and nothing is left to write: no pumps needed to finish it."""
-        queued = driver._to_client.waiting or (
-            driver._to_upstream is not None and driver._to_upstream.waiting
-        )
-        return self.enqueued and not self.out.start_client_tls and not queued
+        """The session's task finishes it without pumps: an end (or a plain hand-over) with
+        nothing left to write, or STARTTLS with nothing queued upstream (the handshake needs
+        only the client; the server, every command before STARTTLS answered, has nothing
+        to say that cannot wait in its socket until the hub reads it again)."""
+        upstream = driver._to_upstream is not None and driver._to_upstream.waiting
+        if self.out.start_client_tls:
+            return self.enqueued and not upstream
+        return self.enqueued and not upstream and not driver._to_client.waiting
 
 
 class HubPump(ObservedDriver):
@@ -78,6 +92,7 @@ class HubPump(ObservedDriver):
     auth_scope: trio.CancelScope | None
     _hub: Hub | None
     _fds: tuple[int, int]  # client, upstream (hub mode)
+    _masks: tuple[int, int]  # what the hub watches on them now
     _handover: Handover | Exception | None
 
     # --- decisions without an await ------------------------------------------------------
@@ -121,20 +136,43 @@ class HubPump(ObservedDriver):
             self._idle_scope.deadline = now + self.ctx.idle_timeout
 
     # --- hub mode ----------------------------------------------------------------------
-    def _hub_sockets(self) -> tuple[socket.socket, socket.socket] | None:
-        """Both legs' sockets when both are plain TCP (no TLS, no PROXY-header prefix left
-        to deliver) and the hub is there, else None: the session runs on the pumps."""
+    async def _serve_hub_rounds(self, auth_at: float) -> Handover | None:
+        """Serve the session in the hub for as long as it can be (``_serve_in_hub``), with a
+        STARTTLS between two rounds done by the session's task itself; what the pumps must
+        carry on with is returned (None: nothing, or the hub could not serve the session)."""
+        driver = cast("SessionDriver", self)  # its only subclass
+        for _ in range(_MAX_HUB_ROUNDS):
+            sockets = self._hub_sockets()
+            if sockets is None:
+                return None
+            handover = await self._serve_in_hub(sockets[0], sockets[1], auth_at)
+            if not handover.inline(self):
+                return handover
+            if not handover.out.start_client_tls:
+                await driver._finish(handover)  # an end: raises SessionOver
+                return None  # (a plain hand-over: the pumps carry on)
+            # STARTTLS (before login): the handshake within the auth deadline too, as on
+            # the pumps, where the deadline task runs alongside.
+            with trio.CancelScope(deadline=auth_at if self.ctx.auth_timeout else inf) as scope:
+                await driver._finish(handover)
+            if scope.cancelled_caught and self.session.user is None:
+                await auth_expired(driver)
+        return None
+
+    def _hub_sockets(self) -> tuple[int, int] | None:
+        """Both legs' descriptors when the hub can drive both (plain TCP, or TLS after its
+        handshake: ``net.receiver``) and the hub is there, else None: the pumps run it."""
         up_in, up_out = self._from_upstream, self._to_upstream
         if up_in is None or up_out is None:
             return None
-        client, upstream = self._from_client.raw, up_in.raw
+        client, upstream = self._from_client.hub_socket(), up_in.hub_socket()
         if client is None or upstream is None or self._to_client.raw is None or not up_out.raw:
             return None
         try:
             self._hub = Hub.current()
         except OSError:  # no descriptor for its epoll object (the listener makes it early)
             return None
-        return client, upstream
+        return client.fileno(), upstream.fileno()
 
     async def _serve_in_hub(self, client: int, upstream: int, auth_at: float) -> Handover:
         """Have the hub (``_hub_sockets`` found it) serve both sockets until it hands over
@@ -142,10 +180,16 @@ class HubPump(ObservedDriver):
         auth deadline, and whatever the hub caught from this session's processing (a bug:
         ``run`` logs it)."""
         self._fds = (client, upstream)
+        self._masks = (0, 0)
         self._handover = None
         self._resume = trio.Event()
+        assert self._from_upstream is not None
         try:
-            self._rewatch()
+            prefix = self._from_upstream.take_prefix()
+            if prefix:  # the greeting a connector read (and the ID step's answer)
+                self._upstream_data(prefix)
+            if self._handover is None:
+                self._rewatch()
             while self._handover is None:
                 if self.session.user is None and self.ctx.auth_timeout:
                     with trio.CancelScope(deadline=auth_at) as scope:
@@ -168,6 +212,7 @@ class HubPump(ObservedDriver):
         hub = self._hub
         if hub is not None:
             self._hub = None
+            self._masks = (0, 0)
             hub.forget(self._fds[0])
             hub.forget(self._fds[1])
 
@@ -202,8 +247,9 @@ class HubPump(ObservedDriver):
         hub = self._hub
         to_client, to_upstream = self._to_client, self._to_upstream
         assert hub is not None and to_upstream is not None
-        if to_client.broken or to_upstream.broken:
-            # The pumps finish it: their flush reports the failure as the reason to close.
+        if to_client.needs_pumps or to_upstream.needs_pumps:
+            # The pumps finish it: their flush reports a failure as the reason to close, or
+            # waits for what a TLS write needs to read first.
             self._hand_over(Handover("", b"-", Output()))
             return
         client_mask = upstream_mask = 0
@@ -215,13 +261,20 @@ class HubPump(ObservedDriver):
                 client_mask = IN
         if to_upstream.waiting:
             upstream_mask |= OUT
-        hub.watch(self._fds[0], self, client_mask)
-        hub.watch(self._fds[1], self, upstream_mask)
+        masks = (client_mask, upstream_mask)
+        if masks != self._masks:  # most events change nothing: no call into the hub
+            self._masks = masks
+            hub.watch(self._fds[0], self, client_mask)
+            hub.watch(self._fds[1], self, upstream_mask)
 
     def _client_readable(self) -> None:
-        data = self._read(self._from_client)
+        receiver = self._from_client
+        data = receiver.read_now(RECEIVE_SIZE)
         if data is None:
+            if receiver.needs_pumps:
+                self._hand_over(Handover("", b"-", Output()))
             return
+        self._touch()
         out = self.session.client_data(data)
         guard = self.ctx.guard
         if guard is not None and guard.delay:
@@ -230,31 +283,27 @@ class HubPump(ObservedDriver):
         self._enqueue(out)
         if not data or out.close is not None or out.start_client_tls:
             self._hand_over(Handover("client", data, out))
-        elif out.notes:
+            return
+        if out.notes:
             self._observe(out)
+        if receiver.needs_pumps:  # after these bytes: the pumps read on (net.receiver)
+            self._hand_over(Handover("", b"-", Output()))
 
     def _upstream_readable(self) -> None:
-        assert self._from_upstream is not None
-        data = self._read(self._from_upstream)
-        if data is None:
-            return
+        receiver = self._from_upstream
+        assert receiver is not None
+        data = receiver.read_now(RECEIVE_SIZE)
+        if data is not None:
+            self._touch()
+            self._upstream_data(data)
+        if receiver.needs_pumps and self._hub is not None:
+            self._hand_over(Handover("", b"-", Output()))
+
+    def _upstream_data(self, data: bytes) -> None:
+        """Bytes read from upstream (``b""``: its end), executed as far as the hub can."""
         out = self.session.server_data(data)
         self._enqueue(out)
         if not data or out.close is not None or out.start_client_tls:
             self._hand_over(Handover("upstream", data, out))
         elif out.notes:
             self._observe(out)
-
-    def _read(self, receiver: Receiver) -> bytes | None:
-        """One ``recv`` on a ready leg: its bytes, ``b""`` at EOF or on an error (the session
-        treats both as the end), None when nothing was there after all."""
-        raw = receiver.raw
-        assert raw is not None
-        try:
-            data = raw.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError:
-            data = b""
-        self._touch()
-        return data
