@@ -34,9 +34,11 @@ import trio
 
 from imapproxy.inspect.registry import Inspector
 from imapproxy.inspect.tail import Reader, TailFilter
+from imapproxy.net.streams import resource_error
 from imapproxy.telemetry.logs import log_event
 
 log = logging.getLogger("imapproxy.control")
+ACCEPT_BACKOFF = 0.1  # seconds between accepts while the process is out of descriptors
 
 PROTOCOL = 1
 MAX_REQUEST = 64 * 1024
@@ -97,12 +99,29 @@ class ControlServer:
         try:
             async with trio.open_nursery() as nursery:
                 while True:
-                    stream = await listener.accept()
+                    stream = await self._accept(listener)
                     nursery.start_soon(self._connection, stream)
         finally:
             with contextlib.suppress(OSError):
                 self.path.unlink()
             await listener.aclose()
+
+    async def _accept(self, listener: trio.SocketListener) -> trio.SocketStream:
+        """The next connection; out of descriptors (a proxy full of sessions), wait and try
+        again, as the IMAP listeners do, instead of ending the process. Logged once per
+        spell (the sessions' own capacity log says the rest)."""
+        logged = False
+        while True:
+            try:
+                return await listener.accept()
+            except OSError as exc:
+                reason = resource_error(exc)
+                if reason is None:
+                    raise
+                if not logged:
+                    log_event(log, "control_accept_failed", reason=reason, level=logging.ERROR)
+                    logged = True
+                await trio.sleep(ACCEPT_BACKOFF)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         async with stream:

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Awaitable, Callable
 
 import trio
 
 # Errors that mean "this connection is gone", not "the proxy has a bug".
 CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+# Errors that mean "out of resources right now" (the process or the system is full), not
+# "this socket or peer is broken": whoever meets one waits and tries again.
+RESOURCE_ERRNOS = {
+    errno.EMFILE: "emfile",
+    errno.ENFILE: "enfile",
+    errno.ENOMEM: "enomem",
+    errno.ENOBUFS: "enobufs",
+}
+
+
+def resource_error(exc: BaseException) -> str | None:
+    """The ``reason`` label of an out-of-resources OSError, or None for any other error."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return RESOURCE_ERRNOS.get(exc.errno)
+    return None
+
 
 UpstreamConnector = Callable[[], Awaitable[trio.abc.Stream]]
 ClientTLSStarter = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]

@@ -15,31 +15,19 @@ then at most one line per interval with the count of the ones left out, never a 
 
 from __future__ import annotations
 
-import errno
 import logging
 import resource
 import time
 
+from imapproxy.net.streams import RESOURCE_ERRNOS, resource_error
 from imapproxy.telemetry.logs import log_event
 
-# Errors that mean "out of resources right now", not "this socket or peer is broken".
-RESOURCE_ERRNOS = {
-    errno.EMFILE: "emfile",
-    errno.ENFILE: "enfile",
-    errno.ENOMEM: "enomem",
-    errno.ENOBUFS: "enobufs",
-}
+__all__ = ["RESOURCE_ERRNOS", "RateLimitedLog", "capacity_log", "raise_fd_limit", "resource_error"]
+
 DESCRIPTORS_PER_SESSION = 2
 PROCESS_RESERVE = 64  # listeners, exporter, epoll, wakeup pipes, log files, headroom
 
 log = logging.getLogger("imapproxy")
-
-
-def resource_error(exc: BaseException) -> str | None:
-    """The ``reason`` label of an out-of-resources OSError, or None for any other error."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return RESOURCE_ERRNOS.get(exc.errno)
-    return None
 
 
 def raise_fd_limit(max_sessions: int) -> int:

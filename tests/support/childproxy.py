@@ -46,10 +46,14 @@ class ChildProxy:
             if metrics
             else "metrics: {address: null}\n"
         )
+        # Its own control socket: the default as root (/run/imapproxy/control.sock) would be
+        # shared by every proxy on the machine, and another test's client would reach it.
+        self.control_path = self.dir / "control.sock"
         config = self.dir / "config.yaml"
         config.write_text(
             f'listen: "127.0.0.1:{self.port}"\n'
             f'upstream: {{address: "{upstream[0]}:{upstream[1]}", tls: none}}\n'
+            f'control: {{socket: "{self.control_path}"}}\n'
             + metrics_line
             + "log: {level: info, format: json}\n"
             # Many sessions from 127.0.0.1: the per-address and per-user limits are off
