@@ -39,6 +39,8 @@ from tests.support.tls import (  # noqa: F401 - the *_fixture imports register t
     tls_dovecot_fixture,
 )
 
+pytestmark = pytest.mark.usefixtures("hub_mode")  # each test in both modes (conftest.py)
+
 _TAGGED = re.compile(rb"(?m)^(\w+) (OK|NO|BAD) ")
 
 
