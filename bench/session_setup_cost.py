@@ -14,6 +14,7 @@ minimum is the least disturbed by other load on the machine). Targets are ``hapr
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,13 +52,18 @@ def main() -> None:
     p.add_argument("--targets", default="haproxy,imapproxy")
     p.add_argument("--kinds", default="bare,full")
     p.add_argument("--custom", action="append", default=[], metavar="NAME=COMMAND")
+    p.add_argument(
+        "--profile", choices=["py-spy", "perf"], help="record imapproxy (see bench/run.py)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work dir (profiles, logs)")
     args = p.parse_args()
     custom = dict(c.split("=", 1) for c in args.custom)
     names = args.targets.split(",") + list(custom)
+    workdir = Path(tempfile.mkdtemp(prefix="imapproxy-setup-cost-"))
     lab = Lab(
-        Path(tempfile.mkdtemp(prefix="imapproxy-setup-cost-")),
+        workdir,
         metrics_target=False,
-        profile=None,
+        profile=args.profile,
         haproxy_threads=None,
         custom=custom,
     )
@@ -95,6 +101,10 @@ def main() -> None:
                     )
     finally:
         lab.stop()
+        if not args.keep and args.profile is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.profile is not None:
+        print(f"profiles in {workdir} (summarise with bench/profile_top.py FILE)")
     print("\n| kind | target | median µs/session | min |\n|---|---|---|---|")
     for (kind, name), values in sorted(figures.items()):
         print(f"| {kind} | {name} | {statistics.median(values):,.0f} | {min(values):,.0f} |")
