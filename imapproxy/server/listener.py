@@ -203,7 +203,7 @@ class Proxy:
         if admitted is None:
             return
         guard, origin = admitted.guard, admitted.origin
-        peer = origin.client_text
+        peer = guard.peer  # the client as logs show it (admission made the text once)
         # This frame lives as long as the session: it keeps only what its end needs (the
         # guard, the peer text), not the admission record and the endpoints (~300 bytes).
         del admitted
