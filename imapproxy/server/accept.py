@@ -135,8 +135,15 @@ async def _run_handler(
     try:
         await handler(stream)
     finally:
-        if not (isinstance(stream, trio.SocketStream) and stream.socket.fileno() == -1):
+        if not _closed(stream):
             await trio.aclose_forcefully(stream)
+
+
+def _closed(stream: ClientStream) -> bool:
+    """The stream's descriptor is closed (or handed on: STARTTLS, a TLS stream's transport)."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno() == -1
+    return stream.fileno() == -1 and stream.transport_stream.socket.fileno() == -1
 
 
 class _BackOff(trio.abc.Listener[_S], Generic[_S]):

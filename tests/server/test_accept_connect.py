@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 
 import pytest
 import trio
 
+from imapproxy.net.tls_socket import SocketTLSStream
 from imapproxy.net.upstream import tcp_connector
 from imapproxy.server import accept
 from imapproxy.server.admission import ClientStream
@@ -76,6 +78,16 @@ async def test_handler_task_closes_only_what_the_handler_left_open(
         assert forced == []
         await accept._run_handler(second, leaves_open)
         assert forced == [second] and second.socket.fileno() == -1
+    # An implicit-TLS stream (here before its handshake: the transport owns the descriptor).
+    forced.clear()
+    context = ssl.create_default_context()
+    with socket.create_connection(address, timeout=5), socket.create_connection(address):
+        first = SocketTLSStream(await listener.accept(), context, server_side=True)
+        second = SocketTLSStream(await listener.accept(), context, server_side=True)
+        await accept._run_handler(first, closes)
+        assert forced == []
+        await accept._run_handler(second, leaves_open)
+        assert forced == [second] and second.transport_stream.socket.fileno() == -1
     await listener.aclose()
 
 
