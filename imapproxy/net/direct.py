@@ -47,14 +47,18 @@ def plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
         stream = stream.transport
     if not isinstance(stream, trio.SocketStream):
         return None
-    fd = stream.socket.fileno()
+    sock = stream.socket
+    fd = sock.fileno()
     if fd < 0:
         return None
     try:
-        raw = socket.socket(fileno=fd)
+        # Family, type and protocol given, and SOCK_NONBLOCK in the type: no system call
+        # (the descriptor is non-blocking already; trio made it so). A SocketStream's socket
+        # is SOCK_STREAM (``sock.type`` costs an enum conversion).
+        kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+        raw = socket.socket(sock.family, kind, sock.proto, fd)
     except OSError:
         return None
-    raw.setblocking(False)
     return raw
 
 

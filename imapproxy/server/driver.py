@@ -47,6 +47,7 @@ from imapproxy.server.endings import (
     SessionOver,
     auth_deadline,
     close_legs,
+    close_plain_legs,
 )
 from imapproxy.server.guard import SessionGuard
 from imapproxy.server.hub_pump import RECEIVE_SIZE, Handover, HubPump
@@ -135,8 +136,9 @@ class SessionDriver(HubPump):
                 with trio.CancelScope(shield=True):
                     await self.send_bye(self._kicked, 1)
             observers.notes(self, self.session.abandon())
-            with trio.CancelScope(shield=True):
-                await close_legs(self)
+            if not close_plain_legs(self):  # plain TCP both ways: closed, no await
+                with trio.CancelScope(shield=True):
+                    await close_legs(self)
             observers.session_closed(self, time.monotonic() - started)
 
     async def _connect(self) -> bool:

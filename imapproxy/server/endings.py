@@ -30,6 +30,7 @@ __all__ = [
     "auth_deadline",
     "auth_expired",
     "close_legs",
+    "close_plain_legs",
 ]
 
 SHUTDOWN_BYE = b"* BYE [UNAVAILABLE] Proxy shutting down\r\n"
@@ -68,15 +69,27 @@ def kick_text(reason: str) -> bytes:
     return " ".join(reason.split()).encode("ascii", "replace")[:200] or b"Session ended"
 
 
+def close_plain_legs(driver: SessionDriver) -> bool:
+    """The session's last step when both legs are plain TCP: let go of the raw sockets
+    (``net.fastio``: before trio closes the descriptors) and close both, synchronously (a
+    plain ``SocketStream.aclose`` is that close and a checkpoint). False, and nothing done,
+    when a leg is anything else: ``close_legs`` then."""
+    client, upstream = driver.client, driver.upstream
+    if type(client) is not trio.SocketStream or (
+        upstream is not None and type(upstream) is not trio.SocketStream
+    ):
+        return False
+    _let_go(driver)
+    client.socket.close()
+    if upstream is not None:
+        upstream.socket.close()
+    return True
+
+
 async def close_legs(driver: SessionDriver) -> None:
     """The session's last step: let go of the raw sockets (``net.fastio``: before trio closes
     the descriptors), then close both streams, within two seconds in all."""
-    driver._to_client.close()
-    driver._from_client.close()
-    if driver._from_upstream is not None:
-        driver._from_upstream.close()
-    if driver._to_upstream is not None:
-        driver._to_upstream.close()
+    _let_go(driver)
     # One deadline for both (a cancel scope per stream is a measurable share of a short
     # session): a cancelled aclose still closes its stream (trio's contract), ungracefully.
     with trio.move_on_after(2):
@@ -84,3 +97,12 @@ async def close_legs(driver: SessionDriver) -> None:
             if stream is not None:
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await stream.aclose()
+
+
+def _let_go(driver: SessionDriver) -> None:
+    driver._to_client.close()
+    driver._from_client.close()
+    if driver._from_upstream is not None:
+        driver._from_upstream.close()
+    if driver._to_upstream is not None:
+        driver._to_upstream.close()

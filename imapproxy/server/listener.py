@@ -6,7 +6,7 @@ new runtime from the config file (``server.runtime``: rules, certificates, diale
 swap it in whole; a bad file keeps the old one.
 
 The parts, each in its module: ``runtime`` (config -> policy, settings, TLS, dialer),
-``accept`` (binding, ``trio.serve_listeners``, the EMFILE back-off), ``admission`` (PROXY
+``accept`` (binding, the accept loops, the EMFILE back-off), ``admission`` (PROXY
 header, session limits, turning away), ``shutdown`` (live sessions, grace period),
 ``driver`` (one session's I/O), ``sdnotify`` (systemd).
 """
@@ -203,7 +203,7 @@ class Proxy:
         if admitted is None:
             return
         guard, origin = admitted.guard, admitted.origin
-        peer = origin.client_text
+        peer = guard.peer  # the client as logs show it (admission made the text once)
         # This frame lives as long as the session: it keeps only what its end needs (the
         # guard, the peer text), not the admission record and the endpoints (~300 bytes).
         del admitted
