@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -242,7 +243,13 @@ def demo(argv: Sequence[str]) -> int:
 
             return serve(cfg, None, banner=banner)
         finally:
-            dovecot.stop()
+            # A second Ctrl-C (or a supervisor forwarding its own) once trio has given the
+            # default handler back must not cut the clean-up short and leave Dovecot running.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                dovecot.stop()
+            finally:
+                signal.signal(signal.SIGINT, previous)
 
 
 def default_control_socket() -> Path | None:
@@ -349,7 +356,15 @@ def config_schema(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _command(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        # Ctrl-C outside trio's own handling (before the run starts, or after it returned
+        # while the process winds down): the stop was asked for, no traceback.
+        return 130
+
+
+def _command(argv: list[str]) -> int:
     if argv and argv[0] == "check":
         return check(argv[1:])
     if argv and argv[0] == "demo":
