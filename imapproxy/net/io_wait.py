@@ -122,6 +122,9 @@ def _serving_class(base: Any, hub: Hub, runner: Any) -> type:
             events = base_get_events(self, left)
             if not events:
                 return _SERVED  # served during the timeout: not trio's "nothing happened"
+        i = _index_of(hub_fd, events)
+        if i >= 0:  # not served this time: level-triggered, the next wait reports it again
+            del events[i]
         return events or _SERVED
 
     def close(self: Any) -> None:
