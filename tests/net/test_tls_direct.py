@@ -1,5 +1,5 @@
 """fastio's Sender and Receiver driving a ``SocketTLSStream``'s ``ssl.SSLSocket`` directly,
-as the hub does (``read_now``, ``enqueue``, ``write_queued``), over a real loopback TCP pair:
+as the hub does (``read_now``, ``enqueue``, ``write_queued``), over a real loopback TCP tls_pair:
 decrypted bytes never left in OpenSSL, ends after bytes, the same-bytes retry of a write
 that would block, and the stream left broken by what the direct calls saw."""
 
@@ -10,42 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
-import trustme
 
 from imapproxy.net.fastio import Receiver, Sender
 from imapproxy.net.tls_socket import SocketTLSStream
-from tests.net.test_tls_socket import tcp_pair
+from tests.net.conftest import TLSPair, tcp_pair
 
-Pair = tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]]
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("imap.test").configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture
-async def pair(ca: trustme.CA, server_ctx: ssl.SSLContext) -> AsyncIterator[Pair]:
-    """(proxy side: SocketTLSStream as server, peer: trio.SSLStream as client), shaken."""
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(client_ctx)
-    server_tcp, client_tcp = await tcp_pair()
-    server = SocketTLSStream(server_tcp, server_ctx, server_side=True)
-    client = trio.SSLStream(client_tcp, client_ctx, server_hostname="imap.test")
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.do_handshake)
-            nursery.start_soon(client.do_handshake)
-    yield server, client
-    await trio.aclose_forcefully(server)
-    await trio.aclose_forcefully(client)
+Pair = TLSPair
 
 
 async def _readable(receiver: Receiver) -> None:
@@ -56,9 +26,9 @@ async def _readable(receiver: Receiver) -> None:
 
 
 @pytest.fixture
-async def direct(pair: Pair) -> AsyncIterator[tuple[Receiver, Sender, Pair]]:
-    receiver, sender = Receiver(pair[0]), Sender(pair[0])
-    yield receiver, sender, pair
+async def direct(tls_pair: Pair) -> AsyncIterator[tuple[Receiver, Sender, Pair]]:
+    receiver, sender = Receiver(tls_pair[0]), Sender(tls_pair[0])
+    yield receiver, sender, tls_pair
     receiver.close()
     sender.close()
 

@@ -1,76 +1,22 @@
-"""net.tls_socket.SocketTLSStream over a real loopback TCP pair (trustme certificates): the
+"""net.tls_socket.SocketTLSStream over a real loopback TCP tls_pair (trustme certificates): the
 semantics trio.SSLStream gives (EOF, breakage, cancellation), big writes, partial reads."""
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
-import trustme
 
 from imapproxy.net.streams import tls_details
 from imapproxy.net.tls_socket import SocketTLSStream, tls_stream
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("imap.test").configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(ctx)
-    return ctx
-
-
-async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    port = listener.socket.getsockname()[1]
-    try:
-        async with trio.open_nursery() as nursery:
-            accepted: list[trio.SocketStream] = []
-
-            async def accept() -> None:
-                accepted.append(await listener.accept())
-
-            nursery.start_soon(accept)
-            client = await trio.open_tcp_stream("127.0.0.1", port)
-    finally:
-        await listener.aclose()
-    return accepted[0], client
-
-
-@pytest.fixture
-async def pair(
-    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
-) -> AsyncIterator[tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]]]:
-    """(proxy side: SocketTLSStream as server, peer: trio.SSLStream as client), shaken."""
-    server_tcp, client_tcp = await tcp_pair()
-    server = SocketTLSStream(server_tcp, server_ctx, server_side=True)
-    client = trio.SSLStream(client_tcp, client_ctx, server_hostname="imap.test")
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.do_handshake)
-            nursery.start_soon(client.do_handshake)
-    yield server, client
-    await trio.aclose_forcefully(server)
-    await trio.aclose_forcefully(client)
+from tests.net.conftest import tcp_pair
 
 
 async def test_handshake_details_and_one_descriptor(
-    pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
+    tls_pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
 ) -> None:
-    server, client = pair
+    server, client = tls_pair
     assert server.transport_stream.socket.fileno() == -1  # the descriptor moved, not copied
     assert server.fileno() >= 0
     details = tls_details(server)
@@ -81,9 +27,9 @@ async def test_handshake_details_and_one_descriptor(
 
 
 async def test_data_both_ways_and_partial_reads(
-    pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
+    tls_pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
 ) -> None:
-    server, client = pair
+    server, client = tls_pair
     with trio.fail_after(10):
         await client.send_all(b"a NOOP\r\n")
         assert await server.receive_some(3) == b"a N"  # the rest stays decrypted in OpenSSL
@@ -93,9 +39,9 @@ async def test_data_both_ways_and_partial_reads(
 
 
 async def test_big_write_to_a_slow_reader_arrives_whole(
-    pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
+    tls_pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
 ) -> None:
-    server, client = pair
+    server, client = tls_pair
     payload = bytes(range(256)) * 20_000  # 5 MB: far more than the socket buffers hold
     received = bytearray()
 
@@ -112,9 +58,9 @@ async def test_big_write_to_a_slow_reader_arrives_whole(
 
 
 async def test_bulk_reads_take_several_records(
-    pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
+    tls_pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
 ) -> None:
-    server, client = pair
+    server, client = tls_pair
     with trio.fail_after(10):
         for _ in range(8):  # eight 8 KiB records, all in the socket before the read
             await client.send_all(b"x" * 8192)
@@ -148,9 +94,9 @@ async def test_close_notify_is_eof_and_abrupt_close_is_broken(
 
 
 async def test_aclose_sends_close_notify(
-    pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
+    tls_pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
 ) -> None:
-    server, client = pair
+    server, client = tls_pair
     await server.aclose()
     with trio.fail_after(10):
         assert await client.receive_some(100) == b""  # clean EOF, not a broken stream
@@ -194,9 +140,9 @@ async def test_handshake_cancelled_then_closed(
 
 
 async def test_send_cancelled_half_way_leaves_the_stream_broken(
-    pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
+    tls_pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
 ) -> None:
-    server, _client = pair  # the client reads nothing: the socket buffers fill up
+    server, _client = tls_pair  # the client reads nothing: the socket buffers fill up
     with trio.move_on_after(0.3) as scope:
         await server.send_all(b"y" * 20_000_000)
     assert scope.cancelled_caught
@@ -205,9 +151,9 @@ async def test_send_cancelled_half_way_leaves_the_stream_broken(
 
 
 async def test_concurrent_receives_are_refused(
-    pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
+    tls_pair: tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream]],
 ) -> None:
-    server, client = pair
+    server, client = tls_pair
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.receive_some, 10)

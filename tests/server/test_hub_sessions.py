@@ -10,19 +10,20 @@ import dataclasses
 import functools
 import logging
 import re
-import socket
 
 import pytest
 import trio
 
 from imapproxy.config.loader import Address, Config, Limits, MetricsConfig, Upstream
 from imapproxy.demo.dovecot import Dovecot
-from imapproxy.net.hub import IN, OUT, Hub
+from imapproxy.net.hub import IN, Hub
 from imapproxy.server.driver import SessionDriver
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
 from tests.conftest import SeedMessage
 from tests.support.accounts import Account
+from tests.support.hub_checks import assert_a_slow_reader_stops_upstream_reads
+from tests.support.stream_client import StreamClient, tcp_connect
 
 pytestmark = pytest.mark.usefixtures("hub_mode")  # each test in both modes (conftest.py)
 
@@ -47,67 +48,12 @@ async def running(nursery: trio.Nursery, dovecot: Dovecot) -> tuple[Proxy, tuple
     return await _start(nursery, Address(*dovecot.address))
 
 
-class Client:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = b""
-
+class Client(StreamClient):
     @classmethod
     async def connect(cls, address: tuple[str, int], *, rcvbuf: int | None = None) -> Client:
-        sock = trio.socket.socket()
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect
-        await sock.connect(address)
-        client = cls(trio.SocketStream(sock))
+        client = cls(await tcp_connect(address, rcvbuf))
         await client.until(b"\r\n")
         return client
-
-    async def until(self, marker: bytes, limit: float = 20) -> bytes:
-        with trio.fail_after(limit):
-            while marker not in self.buf:
-                chunk = await self.stream.receive_some(1 << 20)
-                if not chunk:
-                    raise EOFError(self.buf[-300:])
-                self.buf += chunk
-        end = self.buf.index(marker) + len(marker)
-        got, self.buf = self.buf[:end], self.buf[end:]
-        return got
-
-    async def rest(self, limit: float = 10) -> bytes:
-        """Everything until the proxy closes the connection."""
-        with trio.fail_after(limit):
-            while chunk := await self.stream.receive_some(1 << 20):
-                self.buf += chunk
-        got, self.buf = self.buf, b""
-        return got
-
-    async def tagged(self, tag: bytes, limit: float = 20) -> bytes:
-        """Everything up to and including the line tagged ``tag``."""
-        marker = b"\r\n" + tag + b" "
-        with trio.fail_after(limit):
-            while True:
-                if self.buf.startswith(tag + b" "):
-                    start = 0
-                else:
-                    start = self.buf.find(marker)
-                    start = -1 if start < 0 else start + 2
-                end = self.buf.find(b"\r\n", start) if start >= 0 else -1
-                if end >= 0:
-                    got, self.buf = self.buf[: end + 2], self.buf[end + 2 :]
-                    return got
-                chunk = await self.stream.receive_some(1 << 20)
-                if not chunk:
-                    raise EOFError(self.buf[-300:])
-                self.buf += chunk
-
-    async def command(self, tag: bytes, text: bytes) -> bytes:
-        await self.stream.send_all(tag + b" " + text + b"\r\n")
-        return await self.tagged(tag)
-
-    async def login(self, account: Account) -> None:
-        creds = b"%s %s" % (account.name.encode(), account.password.encode())
-        await self.stream.send_all(b"L LOGIN " + creds + b"\r\nS SELECT INBOX\r\n")
-        await self.tagged(b"S")
 
 
 def _driver(proxy: Proxy) -> SessionDriver:
@@ -209,23 +155,12 @@ async def test_slow_reader_stops_upstream_reads_until_it_catches_up(
     client = await Client.connect(address, rcvbuf=64 * 1024)
     await client.login(imap_user)
     driver = _driver(proxy)
-    hub = Hub.current()
-    client_fd, upstream_fd = driver._fds
-    await client.stream.send_all(b"f FETCH 1 (BODY.PEEK[])\r\n")
-    with trio.fail_after(10):  # the client reads nothing: its side fills up
-        while not driver._to_client.waiting:
-            await trio.sleep(0.02)
-    await trio.sleep(0.3)
-    assert hub.mask(client_fd) == OUT  # waiting to write, not reading the client
-    assert hub.mask(upstream_fd) & IN == 0  # backpressure: the server is not read
-    stalled = driver.bytes_down
-    await trio.sleep(0.3)
-    assert driver.bytes_down == stalled < size // 2
+    await assert_a_slow_reader_stops_upstream_reads(driver, client.stream, size)
     got = await client.tagged(b"f")
     assert b"{%d}\r\n%s)" % (len(message), message) in got
     assert b"\r\nf OK" in got
     assert (await client.command(b"n", b"NOOP")).startswith(b"n OK")
-    assert driver._hub is not None and hub.mask(upstream_fd) == IN
+    assert driver._hub is not None and Hub.current().mask(driver._fds[1]) == IN
 
 
 async def test_client_eof_in_the_middle_of_a_command(

@@ -26,13 +26,15 @@ from imapproxy.config.loader import (
     Upstream,
 )
 from imapproxy.demo.dovecot import Dovecot
-from imapproxy.net.hub import IN, OUT, Hub
+from imapproxy.net.hub import IN, Hub
 from imapproxy.net.tls_socket import SocketTLSStream
 from imapproxy.server.driver import SessionDriver
 from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
 from tests.conftest import SeedMessage
 from tests.support.accounts import Account, new_account
+from tests.support.hub_checks import assert_a_slow_reader_stops_upstream_reads
+from tests.support.stream_client import StreamClient, tcp_connect
 from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
     pki_fixture,
@@ -64,23 +66,18 @@ async def proxy(nursery: trio.Nursery, dovecot: Dovecot, pki: PKI) -> Proxy:
     return await _start(nursery, pki, Upstream(address=Address(*dovecot.address)))
 
 
-class Client:
+class Client(StreamClient):
     """An IMAP client over TLS (trio.SSLStream), implicit or after STARTTLS."""
 
     def __init__(self, tcp: trio.SocketStream, stream: trio.abc.Stream) -> None:
+        super().__init__(stream)
         self.tcp = tcp
-        self.stream = stream
-        self.buf = b""
 
     @classmethod
     async def connect(
         cls, proxy: Proxy, pki: PKI, *, starttls: bool = False, rcvbuf: int | None = None
     ) -> Client:
-        sock = trio.socket.socket()
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect
-        await sock.connect(proxy.bound[0] if starttls else proxy.bound[1])
-        tcp = trio.SocketStream(sock)
+        tcp = await tcp_connect(proxy.bound[0] if starttls else proxy.bound[1], rcvbuf)
         client = cls(tcp, tcp)
         if starttls:
             await client.until(b"\r\n")
@@ -92,39 +89,6 @@ class Client:
         if not starttls:
             await client.until(b"\r\n")
         return client
-
-    async def until(self, marker: bytes, limit: float = 20) -> bytes:
-        with trio.fail_after(limit):
-            while marker not in self.buf:
-                chunk = await self.stream.receive_some(1 << 20)
-                if not chunk:
-                    raise EOFError(self.buf[-300:])
-                self.buf += chunk
-        end = self.buf.index(marker) + len(marker)
-        got, self.buf = self.buf[:end], self.buf[end:]
-        return got
-
-    async def tagged(self, tag: bytes, limit: float = 20) -> bytes:
-        """Everything up to and including the line tagged ``tag``."""
-        data = self.buf
-        marker = re.compile(rb"(?m)^" + re.escape(tag) + rb" [^\r\n]*\r\n")
-        with trio.fail_after(limit):
-            while (found := marker.search(data)) is None:
-                chunk = await self.stream.receive_some(1 << 20)
-                if not chunk:
-                    raise EOFError(data[-300:])
-                data += chunk
-        self.buf = data[found.end() :]
-        return data[: found.end()]
-
-    async def command(self, tag: bytes, text: bytes) -> bytes:
-        await self.stream.send_all(tag + b" " + text + b"\r\n")
-        return await self.tagged(tag)
-
-    async def login(self, account: Account) -> None:
-        creds = b"%s %s" % (account.name.encode(), account.password.encode())
-        await self.stream.send_all(b"L LOGIN " + creds + b"\r\nS SELECT INBOX\r\n")
-        assert b"\r\nS OK" in await self.tagged(b"S")
 
 
 def _driver(proxy: Proxy) -> SessionDriver:
@@ -217,18 +181,7 @@ async def test_large_fetch_through_a_slow_tls_reader(
     client = await Client.connect(proxy, pki, rcvbuf=64 * 1024)
     await client.login(imap_user)
     driver = _driver(proxy)
-    hub = Hub.current()
-    client_fd, upstream_fd = driver._fds
-    await client.stream.send_all(b"f FETCH 1 (BODY.PEEK[])\r\n")
-    with trio.fail_after(10):  # the client reads nothing: its side fills up
-        while not driver._to_client.waiting:
-            await trio.sleep(0.02)
-    await trio.sleep(0.3)
-    assert hub.mask(client_fd) == OUT  # waiting to write, not reading the client
-    assert hub.mask(upstream_fd) & IN == 0  # backpressure: the server is not read
-    stalled = driver.bytes_down
-    await trio.sleep(0.3)
-    assert driver.bytes_down == stalled < size // 2
+    await assert_a_slow_reader_stops_upstream_reads(driver, client.stream, size)
     got = b""
     with trio.fail_after(30):  # a slow reader: small reads, with pauses
         while b"\r\nf OK" not in got[-200:]:
@@ -239,7 +192,7 @@ async def test_large_fetch_through_a_slow_tls_reader(
                 await trio.sleep(0.001)
     assert b"{%d}\r\n%s)" % (len(message), message) in got
     assert (await client.command(b"n", b"NOOP")).startswith(b"n OK")
-    assert _in_hub(driver) and hub.mask(upstream_fd) == IN and not _pump_tasks()
+    assert _in_hub(driver) and Hub.current().mask(driver._fds[1]) == IN and not _pump_tasks()
 
 
 @pytest.mark.parametrize("close_notify", [True, False], ids=["close_notify", "abrupt"])
