@@ -4,17 +4,20 @@ Waiting in trio costs a task wake-up and an ``epoll_ctl`` per wait; for a proxy 
 read is one small command, that is most of its CPU. The hub instead keeps the sockets of every
 session leg it serves (plain TCP, and TLS legs after their handshake: their handlers read
 what OpenSSL decrypted already in the same turn, which epoll cannot report) registered,
-level-triggered, in one ``select.epoll`` object of its own,
-and a single trio task (a system task of the run, started by the first ``Hub.current()``)
-waits for that epoll descriptor. When it is readable, the task takes up to ``MAX_EVENTS``
-ready sockets and calls each one's handler synchronously: a handler reads, decides and writes
-without blocking, and changes what it waits for with ``watch``. Then the task waits in trio
-again, which is a checkpoint: other tasks run between passes, and a busy socket gets one turn
-per pass (fairness; level-triggered, nothing is lost by not draining a socket at once).
+level-triggered, in one ``select.epoll`` object of its own. Whenever that epoll descriptor
+is readable, the hub takes up to ``MAX_EVENTS`` ready sockets (a pass) and calls each one's
+handler synchronously: a handler reads, decides and writes without blocking, and changes what
+it waits for with ``watch``. Passes are made in trio's own wait for I/O (``net.io_wait``),
+or, where trio cannot be served so, by a system task of the run that waits for the epoll
+descriptor (started by the first ``Hub.current()``; ``mode`` says which). Either way other
+tasks run between passes, and a busy socket gets one turn per pass (fairness; level-
+triggered, nothing is lost by not draining a socket at once).
 
 Contract for handlers (``Ready``):
 
-* ``hub_ready(fd, events)`` runs in the hub's task and must not block: it is called only
+* ``hub_ready(fd, events)`` runs in a pass (in no task of its own in io-wait mode: it may set
+  events and move deadlines, but not ``await`` or ask for the current task) and must not
+  block: it is called only
   for a descriptor it ``watch``-es with a non-zero mask, with the ``select.EPOLL*`` bits that
   are ready (``EPOLLHUP``/``EPOLLERR`` may come whatever the mask).
 * An exception out of ``hub_ready`` is the handler's bug, never the hub's: the hub calls
@@ -26,9 +29,8 @@ A mask of 0 unregisters the descriptor instead of keeping it with no interest: e
 ``EPOLLHUP`` and ``EPOLLERR`` whatever the mask, and a level-triggered hang-up on a socket
 nobody reads would otherwise wake the hub on every pass.
 
-Where trio allows it (``net.io_wait``), the passes are made in trio's own wait for I/O
-instead of in a task (``mode`` says which): the same passes and contract, without a task
-switch and two ``epoll_ctl`` calls per pass.
+In trio's wait for I/O a pass costs neither a task switch nor trio's two ``epoll_ctl`` calls
+per wait; the passes and this contract are the same in both modes.
 """
 
 from __future__ import annotations
