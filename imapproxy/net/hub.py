@@ -15,11 +15,11 @@ triggered, nothing is lost by not draining a socket at once).
 
 Contract for handlers (``Ready``):
 
-* ``hub_ready(fd, events)`` runs in a pass (in no task of its own in io-wait mode: it may set
+* ``hub_ready(fd, events)`` runs in a pass (in io-wait mode outside any task: it may set
   events and move deadlines, but not ``await`` or ask for the current task) and must not
-  block: it is called only
-  for a descriptor it ``watch``-es with a non-zero mask, with the ``select.EPOLL*`` bits that
-  are ready (``EPOLLHUP``/``EPOLLERR`` may come whatever the mask).
+  block: it is called only for a descriptor it ``watch``-es with a non-zero mask, with the
+  ``select.EPOLL*`` bits that are ready (``EPOLLHUP``/``EPOLLERR`` may come whatever the
+  mask).
 * An exception out of ``hub_ready`` is the handler's bug, never the hub's: the hub calls
   ``hub_failed(exc)`` (which must stop watching the handler's descriptors) and serves the
   others on. Should that raise too, the hub forgets the descriptor and logs it.
