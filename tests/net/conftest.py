@@ -54,11 +54,9 @@ async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return accepted[0], client
 
 
-@pytest.fixture
-async def tls_pair(
-    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
-) -> AsyncIterator[TLSPair]:
-    """(proxy side: SocketTLSStream as server, peer: trio.SSLStream as client), shaken."""
+async def shaken_tls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> TLSPair:
+    """A SocketTLSStream (server side) and a trio.SSLStream (client) over one loopback TCP
+    connection, their handshake done."""
     server_tcp, client_tcp = await tcp_pair()
     server = SocketTLSStream(server_tcp, server_ctx, server_side=True)
     client = trio.SSLStream(client_tcp, client_ctx, server_hostname="imap.test")
@@ -66,6 +64,15 @@ async def tls_pair(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.do_handshake)
             nursery.start_soon(client.do_handshake)
+    return server, client
+
+
+@pytest.fixture
+async def tls_pair(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> AsyncIterator[TLSPair]:
+    """(proxy side: SocketTLSStream as server, peer: trio.SSLStream as client), shaken."""
+    server, client = await shaken_tls_pair(server_ctx, client_ctx)
     yield server, client
     await trio.aclose_forcefully(server)
     await trio.aclose_forcefully(client)

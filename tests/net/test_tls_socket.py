@@ -10,7 +10,7 @@ import trio
 
 from imapproxy.net.streams import tls_details
 from imapproxy.net.tls_socket import SocketTLSStream, tls_stream
-from tests.net.conftest import tcp_pair
+from tests.net.conftest import shaken_tls_pair, tcp_pair
 
 
 async def test_handshake_details_and_one_descriptor(
@@ -72,18 +72,13 @@ async def test_close_notify_is_eof_and_abrupt_close_is_broken(
     server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
     for clean in (True, False):
-        server_tcp, client_tcp = await tcp_pair()
-        server = SocketTLSStream(server_tcp, server_ctx, server_side=True)
-        client = trio.SSLStream(client_tcp, client_ctx, server_hostname="imap.test")
+        server, client = await shaken_tls_pair(server_ctx, client_ctx)
         with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(server.do_handshake)
-                nursery.start_soon(client.do_handshake)
             if clean:
                 await client.aclose()  # close_notify
                 assert await server.receive_some(100) == b""
             else:
-                client_tcp.socket.close()  # FIN without close_notify
+                client.transport_stream.socket.close()  # FIN without close_notify
                 with pytest.raises(trio.BrokenResourceError):
                     await server.receive_some(100)
                 with pytest.raises(trio.BrokenResourceError):
