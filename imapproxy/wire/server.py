@@ -36,7 +36,6 @@ from .parser_base import DirectionParser
 DEFAULT_MAX_LINE = grammar.DEFAULT_MAX_LINE
 
 _HEAD = grammar.RESPONSE_HEAD_RE
-_LITERAL_LINE_ENDS = grammar.LITERAL_LINE_ENDS
 # Response words as received -> as reported (upper-case str): a handful of words make up
 # nearly every response, so decoding each once saves two calls per response.
 _WORDS: dict[bytes, str] = {}
@@ -89,7 +88,7 @@ class ServerParser(DirectionParser):
             if state is _State.RESPONSE:
                 return self._response(line, None, partial=True)
             return ResponsePart(line, None, partial=True)
-        literal = self._literal(line) if line.endswith(_LITERAL_LINE_ENDS) else None
+        literal = self._literal(line)
         if literal is None:
             self._state = _State.RESPONSE
         elif literal.size:
