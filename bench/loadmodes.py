@@ -17,7 +17,7 @@ import workloads
 from measure import memory
 from messages import PASSWORD, USER, big_message
 from rawimap import IMAPError, open_session
-from report import Row, fmt, ratio
+from report import Row, cpu_shares, fmt, ratio
 from targets import Lab
 from trials import Cell, Plan, interleave, log
 
@@ -336,19 +336,7 @@ def details(results: Results) -> list[str]:
     for key in ("concurrent", "concurrent-session", "capacity", "tls", "tls-bulk"):
         if key not in results:
             continue
-        parts = []
-        for t, c in results[key].items():
-            pc, cc = c.extra_median("proxy_cpu"), c.extra_median("client_cpu")
-            dc = c.extra_median("dovecot_cpu")
-            s = f"{t}: client CPU {cc or 0:.0%}"
-            s += f", relay CPU {pc:.0%}" if pc is not None else ""
-            s += f", Dovecot CPU {dc:.0%}" if dc is not None else ""
-            parts.append(s)
-        foreign = [e.get("foreign_cpu", 0.0) for c in results[key].values() for e in c.extras]
-        lines.append(
-            f"- {key}: " + "; ".join(parts) + f"; other processes used "
-            f"{sorted(foreign)[len(foreign) // 2]:.0%} of the machine (max {max(foreign):.0%})"
-        )
+        lines.append(cpu_shares(key, results[key]))
     for t, c in results.get("slowreader", {}).items():
         e = c.extras[-1]
         lines.append(

@@ -9,6 +9,25 @@ import workloads
 from trials import Cell
 
 
+def cpu_shares(mode: str, cells: dict[str, Cell], *, spread: bool = False) -> str:
+    """One line for ``mode``: each target's client, relay and Dovecot CPU share (and the
+    spread of its rounds), then what other processes used of the machine."""
+    parts = []
+    for t, c in cells.items():
+        pc, cc = c.extra_median("proxy_cpu"), c.extra_median("client_cpu")
+        dc = c.extra_median("dovecot_cpu")
+        part = f"{t}: spread {c.spread():.0%}, " if spread else f"{t}: "
+        part += f"client CPU {cc or 0:.0%}"
+        part += f", relay CPU {pc:.0%}" if pc is not None else ""
+        part += f", Dovecot CPU {dc:.0%}" if dc is not None else ""
+        parts.append(part)
+    foreign = [e.get("foreign_cpu", 0.0) for c in cells.values() for e in c.extras]
+    return (
+        f"- {mode}: " + "; ".join(parts) + f"; other processes used "
+        f"{statistics.median(foreign):.0%} of the machine (max {max(foreign):.0%})"
+    )
+
+
 @dataclass
 class Row:
     mode: str
@@ -120,20 +139,7 @@ def detail_lines(results: dict[str, dict[str, Cell]], notes: dict[str, object]) 
     for mode in ("bulk", "steady", "session"):
         if mode not in results:
             continue
-        parts = []
-        for t, c in results[mode].items():
-            pc, cc = c.extra_median("proxy_cpu"), c.extra_median("client_cpu")
-            dc = c.extra_median("dovecot_cpu")
-            cpu = f", relay CPU {pc:.0%}" if pc is not None else ""
-            cpu += f", Dovecot CPU {dc:.0%}" if dc is not None else ""
-            parts.append(f"{t}: spread {c.spread():.0%}, client CPU {cc or 0:.0%}{cpu}")
-        foreign = [e.get("foreign_cpu", 0.0) for c in results[mode].values() for e in c.extras]
-        lines.append(
-            f"- {mode}: "
-            + "; ".join(parts)
-            + f"; other processes used {statistics.median(foreign):.0%} of the machine "
-            f"(max {max(foreign):.0%})"
-        )
+        lines.append(cpu_shares(mode, results[mode], spread=True))
     for mode in ("bulk", "steady", "session"):
         cells = results.get(mode, {})
         if "haproxy" in cells and "imapproxy" in cells:
