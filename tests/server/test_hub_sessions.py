@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import logging
 import re
+from typing import Any
 
 import pytest
 import trio
@@ -19,6 +20,7 @@ from imapproxy.demo.dovecot import Dovecot
 from imapproxy.net.hub import IN, Hub
 from imapproxy.server.driver import SessionDriver
 from imapproxy.server.listener import Proxy
+from imapproxy.session.core import Session
 from imapproxy.telemetry.recorder import Telemetry
 from tests.conftest import SeedMessage
 from tests.support.accounts import Account
@@ -213,10 +215,20 @@ async def test_a_session_that_fails_ends_alone(
     second = await Client.connect(address)
     await second.login(imap_user)
 
-    def bug(data: bytes | bytearray) -> None:
-        raise ZeroDivisionError("a bug in one session")
+    class Buggy:
+        """The session with a bug in its client side (a stand-in: the compiled core's
+        classes take no patched methods)."""
 
-    broken.session.client_data = bug  # type: ignore[method-assign,assignment]
+        def __init__(self, session: Session) -> None:
+            self.session = session
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.session, name)
+
+        def client_data(self, data: bytes | bytearray) -> None:
+            raise ZeroDivisionError("a bug in one session")
+
+    broken.session = Buggy(broken.session)  # type: ignore[assignment]
     with caplog.at_level(logging.ERROR, logger="imapproxy.session"):
         await first.stream.send_all(b"n NOOP\r\n")
         assert await first.rest() == b""  # closed, nothing relayed
