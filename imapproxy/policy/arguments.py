@@ -110,7 +110,7 @@ def list_tokens(parsed: ParsedCommand) -> list[tuple[Token, bool]]:
         return [(args[0], True)] if args else []
     reference, patterns = args[0], args[1]
     members = patterns.items if patterns.kind is TokenKind.LIST else (patterns,)
-    return [(reference, True), *((p, False) for p in members)]
+    return [(reference, True), *[(p, False) for p in members]]
 
 
 def as_examine(raw: bytes) -> bytes:

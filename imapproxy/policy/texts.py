@@ -42,7 +42,7 @@ class StatusTexts:
         pattern = self._patterns.get(delimiter)
         if pattern is None:
             names = sorted(self._to_client, key=len, reverse=True)
-            alternatives = b"|".join(re.escape(n) for n in names)
+            alternatives = b"|".join([re.escape(n) for n in names])
             word = _WORD
             if delimiter and len(delimiter) == 1:
                 word = word.replace(b".", b"") if delimiter == b"." else word

@@ -148,8 +148,8 @@ def _parse_v1(line: bytes) -> ProxyHeader:
     if len(fields) != 6:
         raise ProxyHeaderError(f"PROXY v1 {family}: expected 4 fields, got {len(fields) - 2}")
     version = 4 if family == "TCP4" else 6
-    src, dst = (_v1_address(f, version) for f in fields[2:4])
-    sport, dport = (_v1_port(f) for f in fields[4:6])
+    src, dst = [_v1_address(f, version) for f in fields[2:4]]
+    sport, dport = [_v1_port(f) for f in fields[4:6]]
     return ProxyHeader(1, (src, sport), (dst, dport), len(line))
 
 
