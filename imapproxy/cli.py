@@ -1,6 +1,6 @@
 """Command line: ``imapproxy [run] ...``, ``check``, ``demo``, ``config-schema`` (the config
-reference), and the inspector's ``sessions``, ``kick``, ``tail`` and ``show``
-(``imapproxy.inspect.client``)."""
+reference), ``compile`` (the mypyc core, ``imapproxy.compiled``), and the inspector's
+``sessions``, ``kick``, ``tail`` and ``show`` (``imapproxy.inspect.client``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from imapproxy import __version__
+from imapproxy import __version__, compiled
 from imapproxy.config.loader import (
     Address,
     Config,
@@ -67,7 +67,7 @@ def _run_parser(prog: str = "imapproxy") -> argparse.ArgumentParser:
         prog=prog,
         description="Transparent IMAP proxy and traffic inspector.",
         epilog="Other commands: 'imapproxy check --config FILE', 'imapproxy demo', "
-        "'imapproxy sessions|kick|tail|show' (each with --help).",
+        "'imapproxy sessions|kick|tail|show', 'imapproxy compile' (each with --help).",
     )
     p.add_argument("--upstream", type=_address, help="mail server HOST:PORT (overrides config)")
     p.add_argument(
@@ -166,6 +166,7 @@ def serve(
 
     failed = interrupted = False
     raise_fd_limit(cfg.limits.max_sessions)
+    _log_core()
     try:
         telemetry = Telemetry(_start_metrics(cfg))
         proxy = Proxy(cfg, telemetry, reload_config=reload)
@@ -186,12 +187,27 @@ def serve(
     return 130 if interrupted else 0
 
 
+def _log_core() -> None:
+    core = compiled.running()
+    if core in ("compiled", "python"):
+        log_event(log, "core", running=core)
+    else:  # a build older than the sources, or half of one: the sources run instead
+        log_event(
+            log,
+            "core_not_compiled",
+            tree=core,
+            detail="the compiled core does not match its sources and is not used; "
+            "run 'imapproxy compile' again (or --clean)",
+            level=logging.WARNING,
+        )
+
+
 def _start_metrics(cfg: Config) -> Metrics | None:
     if cfg.metrics.address is None:
         return None
     from imapproxy.telemetry.metrics import Metrics
 
-    metrics = Metrics()
+    metrics = Metrics(core=compiled.running())
     metrics.serve(cfg.metrics.address.host, cfg.metrics.address.port)
     return metrics
 
@@ -371,6 +387,8 @@ def _command(argv: list[str]) -> int:
         return demo(argv[1:])
     if argv and argv[0] == "config-schema":
         return config_schema(argv[1:])
+    if argv and argv[0] == "compile":
+        return compiled.main(argv[1:])
     if argv and argv[0] in ("sessions", "kick", "tail", "show"):
         return inspect(argv[0], argv[1:])
     if argv and argv[0] == "run":

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from imapproxy import compiled
 from imapproxy.demo.dovecot import Dovecot, dovecot_binary
 from tests.support.accounts import Account, new_account
 from tests.support.messages import make_message
@@ -16,6 +17,14 @@ SeedMessage = Callable[..., bytes]
 
 def _under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # tests/test_compiled.py runs tests against a compiled copy of the tree and says so: a
+    # copy whose core silently ran from source must not pass for the compiled one.
+    expected = os.environ.get("IMAPPROXY_EXPECT_CORE")
+    if expected and compiled.running() != expected:
+        raise pytest.UsageError(f"the core runs {compiled.running()}, expected {expected}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("inspect",),
     ("server",),
     ("demo",),
-    ("cli", "__main__", "__init__"),
+    ("cli", "__main__", "__init__", "compiled"),
 )
 _RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -112,8 +112,9 @@ def declare_families(r: CollectorRegistry) -> Families:
         ),
         build_info=Gauge(
             "imapproxy_build_info",
-            "Always 1; labels carry the imapproxy and Python versions.",
-            ["version", "python"],
+            "Always 1; labels carry the imapproxy and Python versions and how the core runs "
+            "(compiled by mypyc, or python).",
+            ["version", "python", "core"],
             registry=r,
             multiprocess_mode="max",
         ),

@@ -92,7 +92,11 @@ class Metrics:
     """All imapproxy metrics, registered on one registry."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        process_metrics: bool = True,
+        core: str = "python",
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
@@ -115,7 +119,7 @@ class Metrics:
         self._sessions_kicked = f.sessions_kicked
         self._config_last_success = f.config_last_success
 
-        f.build_info.labels(__version__, platform.python_version()).set(1)
+        f.build_info.labels(__version__, platform.python_version(), core).set(1)
         # The process loads its configuration before building Metrics, so start-up counts as
         # the first successful load (what Prometheus does for its own config).
         self._config_last_success.set(time.time())

@@ -243,6 +243,14 @@ def test_build_info(m: Metrics) -> None:
     assert infos[0].value == 1
     assert infos[0].labels["version"] == __version__
     assert infos[0].labels["python"].startswith("3.")
+    assert infos[0].labels["core"] == "python"
+    [compiled] = [
+        s
+        for fam in Metrics(process_metrics=False, core="compiled").registry.collect()
+        for s in fam.samples
+        if s.name == "imapproxy_build_info"
+    ]
+    assert compiled.labels["core"] == "compiled"
 
 
 def test_instances_are_independent_and_clashes_detected() -> None:
