@@ -163,14 +163,23 @@ def serve(
             await nursery.start(proxy.serve)
             if banner is not None:
                 print(banner(proxy), flush=True)
+        # Stopped: a second SIGINT has nothing left to stop. trio closes its wakeup socket
+        # before it restores the signal wakeup fd, and a signal in between makes Python print
+        # "Exception ignored ... BrokenPipeError": ignore SIGINT until trio has returned.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     failed = interrupted = False
     raise_fd_limit(cfg.limits.max_sessions)
     _log_core()
+    previous = signal.getsignal(signal.SIGINT)
     try:
         telemetry = Telemetry(_start_metrics(cfg))
         proxy = Proxy(cfg, telemetry, reload_config=reload)
-        trio.run(main)
+        try:
+            trio.run(main)
+        finally:
+            if previous is not None:  # (None: not set from Python; nothing to restore)
+                signal.signal(signal.SIGINT, previous)
     except* KeyboardInterrupt:
         # A second SIGINT while stopping (Ctrl-C twice, or a supervisor forwarding its own):
         # trio re-raises it as the signal receiver closes. The stop was asked for: no traceback.
