@@ -35,6 +35,8 @@ from measure import raise_nofile, sessions_within_fd_limit
 from targets import Lab, stop_process
 from trials import FULL, QUICK, Cell, QuietGate, interleave, log
 
+from imapproxy import compiled
+
 # The order a run goes through them (the idle mode's thousands of sessions come late).
 MODES = ("bulk", "steady", "session", "concurrent", "capacity", "tls", "idle", "slowreader")
 DEFAULT_MODES = ("bulk", "steady", "session", "concurrent", "idle")
@@ -85,6 +87,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         args.quiet_budget if args.quiet_budget is not None else (10.0 if args.quick else 90.0),
     )
 
+    core_tree = None
+    if args.core_tree:
+        core_tree = Path(args.core_tree).resolve()
+        core = compiled.status(core_tree / "imapproxy")
+        if core != "compiled":
+            raise SystemExit(f"--core-tree {core_tree}: its core is {core}, not compiled")
+        notes["core_tree"] = str(core_tree)
     workdir = Path(tempfile.mkdtemp(prefix="imapproxy-bench-"))
     lab = Lab(
         workdir,
@@ -93,6 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         haproxy_threads=args.haproxy_threads,
         custom=custom,
         idle_sessions=plan.idle_sessions if "idle" in modes else 0,
+        core_tree=core_tree,
     )
     extra = [t for t in loadmodes.extra_targets(modes) if t not in targets]
     results: dict[str, dict[str, Cell]] = {}
@@ -251,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         help="an extra relay target, e.g. another checkout: 'branch=env -C ../b "
         "python3 -m imapproxy --listen {listen} --upstream {upstream} --metrics off'",
     )
+    p.add_argument(
+        "--core-tree",
+        metavar="DIR",
+        help="run the imapproxy targets from this checkout, compiled ('python3 -m imapproxy "
+        "compile' in it); compare with the pure tree as a --custom target",
+    )
     p.add_argument("--rounds", type=int, help="interleaved rounds per mode")
     p.add_argument(
         "--idle-sessions",
@@ -300,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {mode} FAILED: {err}")
     if "idle_capped" in notes:
         print(f"- {notes['idle_capped']}")
+    if "core_tree" in notes:
+        print(f"- imapproxy targets ran the compiled core of {notes['core_tree']}")
     lines = [*report.verdicts(rows), *loadmodes.verdicts(rows)]
     lines += [*report.detail_lines(results, notes), *loadmodes.details(results)]
     for line in lines:

@@ -146,8 +146,10 @@ class Lab:
         haproxy_threads: int | None,
         custom: dict[str, str] | None = None,
         idle_sessions: int = 1000,
+        core_tree: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.core_tree = core_tree  # the imapproxy targets' checkout (compiled), or this one
         self.metrics_target = metrics_target
         self.profile = profile
         self.haproxy_threads = haproxy_threads
@@ -225,10 +227,20 @@ class Lab:
         small_seq = next(s for s, n in sizes.items() if n == len(small))
         self.mailbox = Mailbox(bulk_seq, small_seq, len(sizes), bulk, small)
 
-    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, argv: list[str], log_name: str, tree: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv``; with ``tree``, importing imapproxy from that checkout."""
         err = open(self.workdir / log_name, "wb")  # noqa: SIM115 - lives with the process
+        env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+            cwd=tree,
+            env=env,
         )
         self._procs.append(proc)
         return proc
@@ -272,7 +284,7 @@ class Lab:
             workers=spec.workers,
             pstats=pstats if spec.workers == 1 else None,
         )
-        proc = self._spawn(argv, f"{slug}.log")
+        proc = self._spawn(argv, f"{slug}.log", self.core_tree)
         wait_port(("127.0.0.1", port), proc, 30.0)
         if tls_port is not None:
             wait_port(("127.0.0.1", tls_port), proc, 30.0, greeting=False)
