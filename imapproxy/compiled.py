@@ -66,15 +66,20 @@ def _extensions(source: Path) -> list[Path]:
     return [path for path in candidates if path.exists()]
 
 
+def _shared_libraries(package_dir: Path) -> list[Path]:
+    return [p for p in package_dir.glob("_core__mypyc*") if p.name.endswith(_SUFFIXES)]
+
+
 def _all_extensions(package_dir: Path) -> list[Path]:
     found = [ext for source in core_sources(package_dir) for ext in _extensions(source)]
-    return found + [p for p in package_dir.glob("_core__mypyc*") if p.name.endswith(_SUFFIXES)]
+    return found + _shared_libraries(package_dir)
 
 
 def status(package_dir: Path = PACKAGE_DIR) -> Status:
     """What the tree at ``package_dir`` holds: ``compiled`` (every core source has an
     extension at least as new as itself), ``python`` (none has), ``stale`` (some extension is
-    older than its source) or ``partial`` (some sources have none)."""
+    older than its source) or ``partial`` (some sources have none, or the shared library
+    the compiled modules load is missing)."""
     sources = core_sources(package_dir)
     built = [(source, _extensions(source)) for source in sources]
     have = [(source, exts) for source, exts in built if exts]
@@ -83,7 +88,8 @@ def status(package_dir: Path = PACKAGE_DIR) -> Status:
     for source, exts in have:
         if min(ext.stat().st_mtime for ext in exts) < source.stat().st_mtime:
             return "stale"
-    return "compiled" if len(have) == len(sources) else "partial"
+    whole = len(have) == len(sources) and _shared_libraries(package_dir)
+    return "compiled" if whole else "partial"
 
 
 def running() -> Status:

@@ -171,6 +171,21 @@ def test_a_build_older_than_its_sources_is_not_used(tree: Path) -> None:
     assert _loaded(tree)[0] == "compiled"
 
 
+def test_a_build_without_its_shared_library_is_not_used(tree: Path) -> None:
+    [library] = (tree / "imapproxy").glob("_core__mypyc*.so")
+    aside = library.with_name("aside")
+    library.rename(aside)
+    try:
+        check = _python(tree, "-m", "imapproxy", "compile", "--check")
+        assert (check.returncode, check.stdout.strip()) == (1, "partial")
+        running, files = _loaded(tree)  # rather than an ImportError in every core module
+        assert running == "partial"
+        assert all(f.endswith(".py") for f in files), files
+    finally:
+        aside.rename(library)
+    assert _loaded(tree)[0] == "compiled"
+
+
 def test_clean_leaves_pure_python(tree: Path) -> None:
     done = _python(tree, "-m", "imapproxy", "compile", "--clean")
     modules = len(compiled.core_sources(tree / "imapproxy")) + 1  # and the shared library
