@@ -170,7 +170,7 @@ def serve(
 
     failed = interrupted = False
     raise_fd_limit(cfg.limits.max_sessions)
-    _log_core()
+    compiled.log_running()
     previous = signal.getsignal(signal.SIGINT)
     try:
         telemetry = Telemetry(_start_metrics(cfg))
@@ -194,21 +194,6 @@ def serve(
     if failed:
         return 1
     return 130 if interrupted else 0
-
-
-def _log_core() -> None:
-    core = compiled.running()
-    if core in ("compiled", "python"):
-        log_event(log, "core", running=core)
-    else:  # a build older than the sources, or half of one: the sources run instead
-        log_event(
-            log,
-            "core_not_compiled",
-            tree=core,
-            detail="the compiled core does not match its sources and is not used; "
-            "run 'imapproxy compile' again (or --clean)",
-            level=logging.WARNING,
-        )
 
 
 def _start_metrics(cfg: Config) -> Metrics | None:

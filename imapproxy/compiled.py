@@ -31,6 +31,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -39,7 +40,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["CORE_LAYERS", "build", "clean", "core_sources", "guard", "main", "status"]
+__all__ = [
+    "CORE_LAYERS",
+    "build",
+    "clean",
+    "core_sources",
+    "guard",
+    "log_running",
+    "main",
+    "running",
+    "status",
+]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CORE_LAYERS = ("wire", "session", "policy")
@@ -101,6 +112,26 @@ def running() -> Status:
         return "compiled"
     tree = status()
     return "python" if tree == "compiled" else tree
+
+
+def log_running() -> None:
+    """The start-up line saying what the core runs (``core``), or a warning when a build is
+    there but not used (``core_not_compiled``)."""
+    from imapproxy.telemetry.logs import log_event  # not at import: guard() runs first
+
+    core = running()
+    log = logging.getLogger("imapproxy")
+    if core in ("compiled", "python"):
+        log_event(log, "core", running=core)
+    else:  # a build older than the sources, or half of one: the sources run instead
+        log_event(
+            log,
+            "core_not_compiled",
+            tree=core,
+            detail="the compiled core does not match its sources and is not used; "
+            "run 'imapproxy compile' again (or --clean)",
+            level=logging.WARNING,
+        )
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):

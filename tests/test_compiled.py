@@ -126,6 +126,21 @@ def _loaded(tree: Path) -> tuple[str, list[str]]:
     return running, files
 
 
+def _start_up_line(tree: Path) -> str:
+    """What the proxy logs at start-up about its core (event and level)."""
+    done = _python(
+        tree,
+        "-c",
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout, level=logging.INFO, "
+        "format='%(message)s %(levelname)s')\n"
+        "from imapproxy import compiled\n"
+        "compiled.log_running()\n",
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_every_core_module_is_compiled(tree: Path) -> None:
     package = tree / "imapproxy"
     assert compiled.status(package) == "compiled"
@@ -136,6 +151,7 @@ def test_every_core_module_is_compiled(tree: Path) -> None:
     # The layers' __init__ and everything above the core stay Python.
     assert not list((package / "server").glob("*.so"))
     assert not list((package / "wire").glob("__init__*.so"))
+    assert _start_up_line(tree) == "core INFO"
 
 
 def test_the_core_hub_and_end_to_end_tests_pass_compiled(tree: Path) -> None:
@@ -166,6 +182,7 @@ def test_a_build_older_than_its_sources_is_not_used(tree: Path) -> None:
         running, files = _loaded(tree)
         assert running == "stale"
         assert all(f.endswith(".py") for f in files), files  # the whole core from source
+        assert _start_up_line(tree) == "core_not_compiled WARNING"
     finally:
         os.utime(source, (before.st_atime, before.st_mtime))
     assert _loaded(tree)[0] == "compiled"
