@@ -24,7 +24,7 @@ from imapproxy.session.core import Session
 from imapproxy.telemetry.recorder import Telemetry
 from tests.conftest import SeedMessage
 from tests.support.accounts import Account
-from tests.support.hub_checks import assert_a_slow_reader_stops_upstream_reads
+from tests.support.hub_checks import all_tasks, assert_a_slow_reader_stops_upstream_reads
 from tests.support.stream_client import StreamClient, tcp_connect
 
 pytestmark = pytest.mark.usefixtures("hub_mode")  # each test in both modes (conftest.py)
@@ -64,30 +64,11 @@ def _driver(proxy: Proxy) -> SessionDriver:
 
 
 def _task_names() -> list[str]:
-    names: list[str] = []
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        names.append(task.name)
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                walk(child)
-
-    walk(trio.lowlevel.current_root_task())
-    return names
+    return [task.name for task in all_tasks()]
 
 
 def _tasks_named(name: str) -> list[trio.lowlevel.Task]:
-    found: list[trio.lowlevel.Task] = []
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        if task.name == name:
-            found.append(task)
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                walk(child)
-
-    walk(trio.lowlevel.current_root_task())
-    return found
+    return [task for task in all_tasks() if task.name == name]
 
 
 async def _ended(proxy: Proxy) -> None:

@@ -33,7 +33,7 @@ from imapproxy.server.listener import Proxy
 from imapproxy.telemetry.recorder import Telemetry
 from tests.conftest import SeedMessage
 from tests.support.accounts import Account, new_account
-from tests.support.hub_checks import assert_a_slow_reader_stops_upstream_reads
+from tests.support.hub_checks import all_tasks, assert_a_slow_reader_stops_upstream_reads
 from tests.support.stream_client import StreamClient, tcp_connect
 from tests.support.tls import (  # noqa: F401 - the *_fixture imports register the fixtures
     PKI,
@@ -107,17 +107,7 @@ async def _ended(proxy: Proxy) -> None:
 
 
 def _pump_tasks() -> list[str]:
-    names: list[str] = []
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        if "._pump" in task.name:
-            names.append(task.name)
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                walk(child)
-
-    walk(trio.lowlevel.current_root_task())
-    return names
+    return [task.name for task in all_tasks() if "._pump" in task.name]
 
 
 @pytest.mark.parametrize("starttls", [False, True], ids=["implicit", "starttls"])

@@ -8,6 +8,22 @@ from imapproxy.net.hub import IN, OUT, Hub
 from imapproxy.server.driver import SessionDriver
 
 
+def all_tasks() -> list[trio.lowlevel.Task]:
+    """Every task of the current run, from the root task down."""
+    found: list[trio.lowlevel.Task] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        found.append(task)
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    walk(root)
+    return found
+
+
 async def assert_a_slow_reader_stops_upstream_reads(
     driver: SessionDriver, client: trio.abc.SendStream, size: int
 ) -> None:
