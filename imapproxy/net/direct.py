@@ -18,7 +18,7 @@ from imapproxy.net.streams import PrefixedStream
 from imapproxy.net.tls import UpstreamTLSStream
 from imapproxy.net.tls_socket import SocketTLSStream
 
-__all__ = ["direct_socket", "plain_socket", "prefix_of"]
+__all__ = ["direct_socket", "plain_socket", "prefix_of", "socket_twin"]
 
 
 def direct_socket(
@@ -47,19 +47,23 @@ def plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
         stream = stream.transport
     if not isinstance(stream, trio.SocketStream):
         return None
-    sock = stream.socket
+    return socket_twin(stream.socket)
+
+
+def socket_twin(sock: trio.socket.SocketType) -> socket.socket | None:
+    """A stdlib socket object on the descriptor of trio's TCP socket ``sock`` (a connection
+    or a listener), or None when it is closed; to be ``detach()``-ed, never closed.
+
+    Family, type and protocol given, and SOCK_NONBLOCK in the type: no system call (the
+    descriptor is non-blocking already; trio made it so), and no ``dup``. A trio TCP socket
+    is SOCK_STREAM (``sock.type`` would cost an enum conversion)."""
     fd = sock.fileno()
     if fd < 0:
         return None
     try:
-        # Family, type and protocol given, and SOCK_NONBLOCK in the type: no system call
-        # (the descriptor is non-blocking already; trio made it so). A SocketStream's socket
-        # is SOCK_STREAM (``sock.type`` costs an enum conversion).
-        kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-        raw = socket.socket(sock.family, kind, sock.proto, fd)
+        return socket.socket(sock.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, sock.proto, fd)
     except OSError:
         return None
-    return raw
 
 
 def prefix_of(stream: trio.abc.Stream) -> bytes:

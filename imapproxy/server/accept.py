@@ -35,6 +35,7 @@ from typing import Generic, Protocol, TypeVar, cast
 import trio
 
 from imapproxy.config.loader import Config
+from imapproxy.net.direct import socket_twin
 from imapproxy.net.tls import TLSListener, tls_listeners
 from imapproxy.server.admission import ClientStream
 from imapproxy.server.capacity import capacity_log, resource_error
@@ -223,17 +224,11 @@ class _BackOff(trio.abc.Listener[_S], Generic[_S]):
 
 
 def _listening_twin(listener: object) -> socket.socket | None:
-    """A non-blocking stdlib socket on a plain listener's descriptor (no system call, and no
-    ``dup``: it must be detached, never closed), or None for any other listener."""
+    """A non-blocking stdlib socket on a plain listener's descriptor (``socket_twin``: it
+    must be detached, never closed), or None for any other listener."""
     if not isinstance(listener, trio.SocketListener):
         return None
-    sock = listener.socket
-    fd = sock.fileno()
-    if fd < 0:
-        return None
-    # SOCK_NONBLOCK in the type: the object is in non-blocking mode without an ioctl (the
-    # descriptor is, trio made it so).
-    return socket.socket(sock.family, sock.type | socket.SOCK_NONBLOCK, sock.proto, fileno=fd)
+    return socket_twin(listener.socket)
 
 
 def sockname(listener: AnyListener) -> tuple[str, int]:
