@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 __all__ = [
     "CORE_LAYERS",
@@ -57,7 +58,7 @@ CORE_LAYERS = ("wire", "session", "policy")
 GROUP = "imapproxy._core"  # the shared library: imapproxy/_core__mypyc.<suffix>
 _SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
-Status = str  # "compiled", "python", "stale" or "partial"
+Status = Literal["compiled", "python", "stale", "partial"]
 
 
 def core_sources(package_dir: Path = PACKAGE_DIR) -> list[Path]:
