@@ -213,3 +213,13 @@ def test_clean_leaves_pure_python(tree: Path) -> None:
     assert all(f.endswith(".py") for f in files)
     check = _python(tree, "-m", "imapproxy", "compile", "--check")
     assert (check.returncode, check.stdout.strip()) == (1, "python")
+
+
+def test_a_run_expecting_another_core_refuses_to_start() -> None:
+    """The check that keeps the compiled run honest (tests/conftest.py): a run told to expect
+    the core this checkout does not run stops before any test."""
+    actual = compiled.running()
+    other = "python" if actual == "compiled" else "compiled"
+    done = _python(ROOT, "-m", "pytest", "-q", "tests/test_layout.py", IMAPPROXY_EXPECT_CORE=other)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert f"the core runs {actual}, expected {other}" in done.stderr
