@@ -57,11 +57,12 @@ class Sender:
         "_broken",
         "_held_back",
         "_lock",
-        "_pending",
         "_raw",
         "_released",
         "_tls",
         "_wants_read",
+        "needs_pumps",
+        "pending",
         "stream",
     )
 
@@ -72,33 +73,34 @@ class Sender:
         # stays queued until it is written in full, so nothing can be sent ahead of it.
         # A list, not a deque: it is almost always empty, and an empty deque costs 600 bytes
         # per side per session; pop(0) on the few entries it ever holds is as cheap.
-        self._pending: list[bytes | memoryview] = []
+        # Public for the hub, which tests it on every event: truthy = a partial write is
+        # waiting (the hub waits for OUT). Read it; only this class changes it.
+        self.pending: list[bytes | memoryview] = []
         self._held_back: list[bytes] | None = None  # enqueued during an upgrade
         self._released: trio.Event | None = None  # made by hold(): rare, and 350 bytes
         self._broken: str | None = None  # why the stream failed (enqueue never raises)
         self._background = False  # a flush_soon task is on its way
         self._wants_read = False  # a TLS write needs the peer's bytes first (renegotiation)
+        # The hub cannot go on with this side: it failed, or a TLS write must wait for the
+        # peer's bytes (SSLWantReadError: the pumps' flush waits for them). An attribute,
+        # kept by _set_broken/_set_wants_read, because the hub reads it on every event.
+        self.needs_pumps = False
         self._raw, self._tls = direct_socket(stream)
 
     @property
     def needs_flush(self) -> bool:
         """False when ``flush`` would return at once: callers skip the await (hot path)."""
-        return bool(self._pending) or self._held_back is not None or self._broken is not None
+        return bool(self.pending) or self._held_back is not None or self._broken is not None
 
     @property
     def waiting(self) -> bool:
-        """Bytes are queued for the kernel (a partial write): the hub waits for ``OUT``."""
-        return bool(self._pending)
+        """Bytes are queued for the kernel (a partial write): the hub waits for ``OUT``
+        (which tests ``pending`` itself)."""
+        return bool(self.pending)
 
     @property
     def broken(self) -> bool:
         return self._broken is not None
-
-    @property
-    def needs_pumps(self) -> bool:
-        """The hub cannot go on with this side: it failed, or a TLS write must wait for the
-        peer's bytes (``SSLWantReadError``: the pumps' ``flush`` waits for them)."""
-        return self._broken is not None or self._wants_read
 
     @property
     def raw(self) -> socket.socket | None:
@@ -110,7 +112,7 @@ class Sender:
     def queued(self) -> int:
         """Bytes enqueued and not yet written."""
         held = sum(map(len, self._held_back)) if self._held_back is not None else 0
-        return sum(map(len, self._pending)) + held
+        return sum(map(len, self.pending)) + held
 
     def enqueue(self, data: bytes) -> None:
         """Write ``data`` after everything enqueued before it; never blocks, never raises
@@ -121,22 +123,23 @@ class Sender:
             self._held_back.append(data)
             return
         raw = self._raw
-        if self._pending or raw is None:
-            self._pending.append(data)
+        if self.pending or raw is None:
+            self.pending.append(data)
             return
         try:
             sent = raw.send(data)
         except _WOULD_BLOCK:
             sent = 0
         except ssl.SSLWantReadError:
-            sent, self._wants_read = 0, True
+            sent = 0
+            self._set_wants_read(True)
         except OSError as exc:  # the peer is gone
             self._fail(exc)
             return
         if sent < len(data):
             # TLS: the same bytes are retried (OpenSSL keeps the half-done write), so the
             # head of the queue stays this object until it is sent.
-            self._pending.append(memoryview(data)[sent:] if sent else data)
+            self.pending.append(memoryview(data)[sent:] if sent else data)
 
     async def flush(self) -> None:
         """Wait until everything enqueued so far is written (raises BrokenResourceError if
@@ -144,9 +147,9 @@ class Sender:
         while True:
             if self._broken is not None:
                 raise trio.BrokenResourceError(self._broken)
-            if not self._pending and self._held_back is None:
+            if not self.pending and self._held_back is None:
                 return
-            if self._held_back is not None and not self._pending:
+            if self._held_back is not None and not self.pending:
                 assert self._released is not None  # hold() made it
                 await self._released.wait()  # the upgrade moves them to the queue
                 continue
@@ -157,7 +160,7 @@ class Sender:
         """Write what is queued as far as the socket takes it now, without blocking (the
         hub's ``OUT`` handler; ``raw`` must be set). A failure marks the sender broken; a
         TLS write that needs to read first sets ``needs_pumps``."""
-        pending, raw = self._pending, self._raw
+        pending, raw = self.pending, self._raw
         assert raw is not None
         while pending and self._broken is None:
             chunk = pending[0]
@@ -166,7 +169,7 @@ class Sender:
             except _WOULD_BLOCK:
                 return
             except ssl.SSLWantReadError:
-                self._wants_read = True
+                self._set_wants_read(True)
                 return
             except OSError as exc:
                 self._fail(exc)
@@ -177,8 +180,16 @@ class Sender:
                 return
             pending.pop(0)
 
+    def _set_wants_read(self, wants: bool) -> None:
+        self._wants_read = wants
+        self.needs_pumps = wants or self._broken is not None
+
+    def _set_broken(self, why: str) -> None:
+        self._broken = why
+        self.needs_pumps = True
+
     def _fail(self, exc: OSError) -> None:
-        self._broken = str(exc) or type(exc).__name__
+        self._set_broken(str(exc) or type(exc).__name__)
         if self._tls is not None:  # its own calls (the pumps, aclose) see it broken too
             self._tls.mark_broken(exc)
 
@@ -189,7 +200,7 @@ class Sender:
         the next ``flush``."""
         if self._background or self._broken is not None:
             return
-        if not self._pending and self._held_back is None:
+        if not self.pending and self._held_back is None:
             return
         self._background = True
         nursery.start_soon(self._flush_in_background)
@@ -216,7 +227,7 @@ class Sender:
             self._detach()
             self.stream = stream
             self._raw, self._tls = direct_socket(stream)
-            self._pending.extend(self._held_back)
+            self.pending.extend(self._held_back)
             self._held_back = None
             if self._released is not None:
                 self._released.set()
@@ -233,7 +244,7 @@ class Sender:
         # cancelled TLS send_all leaves the SSLStream broken: the head is never re-sent.
         # TLS goes through the stream, whose send_all retries the head's very bytes (a
         # direct write that would have blocked may have left OpenSSL half-way through it).
-        pending = self._pending
+        pending = self.pending
         while pending and self._broken is None:
             chunk = pending[0]
             raw = self._raw
@@ -241,17 +252,17 @@ class Sender:
                 try:
                     await self.stream.send_all(chunk)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self._broken = str(exc) or type(exc).__name__
+                    self._set_broken(str(exc) or type(exc).__name__)
                     break
                 pending.pop(0)
-                self._wants_read = False
+                self._set_wants_read(False)
                 continue
             try:
                 sent = raw.send(chunk)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                self._broken = str(exc)
+                self._set_broken(str(exc))
                 break
             if sent == len(chunk):
                 pending.pop(0)
@@ -265,14 +276,14 @@ class Sender:
 
     def close(self) -> None:
         """Drop what is queued and let go of the descriptor (before the stream is closed)."""
-        if self._pending and self._tls is not None:
+        if self.pending and self._tls is not None:
             # The head may be a write OpenSSL left half-done: no close_notify after it.
             self._tls.mark_broken(trio.BrokenResourceError("closed with bytes queued"))
-        self._pending.clear()
+        self.pending.clear()
         self._held_back = None
         if self._released is not None:
             self._released.set()
-        self._broken = self._broken or "closed"
+        self._set_broken(self._broken or "closed")
         self._detach()
 
     def _detach(self) -> None:

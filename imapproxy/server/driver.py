@@ -153,7 +153,8 @@ class SessionDriver(HubPump):
     async def _serve(self) -> None:
         """Relay until the session is over: in the hub while it can (plain TCP both ways,
         ``server.hub_pump``), on the pumps otherwise and from wherever the hub stopped."""
-        now = trio.current_time()
+        self._start_clock()
+        now = self._now()
         self._idle_scope.deadline = now + self.ctx.idle_timeout
         auth_at = now + self.ctx.auth_timeout
         with self._idle_scope:

@@ -37,6 +37,7 @@ which carry on from the exact point the hub stopped (the output handed over come
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import inf
 from typing import TYPE_CHECKING, NamedTuple, cast
 
@@ -94,6 +95,8 @@ class HubPump(ObservedDriver):
     _fds: tuple[int, int]  # client, upstream (hub mode)
     _masks: tuple[int, int]  # what the hub watches on them now
     _handover: Handover | Exception | None
+    _now: Callable[[], float]  # the run's clock (_start_clock)
+    _touch_every: float
 
     # --- decisions without an await ------------------------------------------------------
     def _enqueue(self, out: Output) -> None:
@@ -133,11 +136,17 @@ class HubPump(ObservedDriver):
                 elif isinstance(note, LimitHit):
                     guard.hit(note.reason)
 
+    def _start_clock(self) -> None:
+        """Before the first ``_touch`` (in the session's task): the run's clock, read
+        directly (``trio.current_time`` is three calls deep; ``_touch`` runs on every read)."""
+        self._now = trio.lowlevel.current_clock().current_time
+        self._touch_every = min(1.0, self.ctx.idle_timeout / 10)
+
     def _touch(self) -> None:
         # Moving a cancel scope's deadline is a heap operation: not on every read (at most
         # every tenth of the timeout, so the timeout stays within 10% of what is configured).
-        now = trio.current_time()
-        if now - self._touched > min(1.0, self.ctx.idle_timeout / 10):
+        now = self._now()
+        if now - self._touched > self._touch_every:
             self._touched = now
             self._idle_scope.deadline = now + self.ctx.idle_timeout
 
@@ -235,15 +244,15 @@ class HubPump(ObservedDriver):
         assert to_upstream is not None
         session = self.session
         if fd == self._fds[0]:
-            if events & _WRITE and to_client.waiting:
+            if events & _WRITE and to_client.pending:
                 to_client.write_queued()
-            readable = not (to_client.waiting or to_upstream.waiting or session.client_paused)
+            readable = not (to_client.pending or to_upstream.pending or session.client_paused)
             if events & _READ and readable:
                 self._client_readable()
         else:
-            if events & _WRITE and to_upstream.waiting:
+            if events & _WRITE and to_upstream.pending:
                 to_upstream.write_queued()
-            if events & _READ and not to_client.waiting:
+            if events & _READ and not to_client.pending:
                 self._upstream_readable()
         if self._hub is not None:
             self._rewatch()
@@ -259,13 +268,13 @@ class HubPump(ObservedDriver):
             self._hand_over(Handover("", b"-", Output()))
             return
         client_mask = upstream_mask = 0
-        if to_client.waiting:
+        if to_client.pending:
             client_mask = OUT
         else:
             upstream_mask = IN
-            if not to_upstream.waiting and not self.session.client_paused:
+            if not to_upstream.pending and not self.session.client_paused:
                 client_mask = IN
-        if to_upstream.waiting:
+        if to_upstream.pending:
             upstream_mask |= OUT
         masks = (client_mask, upstream_mask)
         if masks != self._masks:  # most events change nothing: no call into the hub

@@ -121,7 +121,7 @@ async def test_a_write_that_would_block_is_retried_with_the_same_bytes(
     for chunk in chunks:
         sender.enqueue(chunk)
     assert sender.waiting
-    head = sender._pending[0]
+    head = sender.pending[0]
     assert any(head is chunk for chunk in chunks)  # the very object OpenSSL started on
     received = bytearray()
 
