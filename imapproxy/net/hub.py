@@ -4,14 +4,15 @@ Waiting in trio costs a task wake-up and an ``epoll_ctl`` per wait; for a proxy 
 read is one small command, that is most of its CPU. The hub instead keeps the sockets of every
 session leg it serves (plain TCP, and TLS legs after their handshake: their handlers read
 what OpenSSL decrypted already in the same turn, which epoll cannot report) registered,
-level-triggered, in one ``select.epoll`` object of its own. Whenever that epoll descriptor
-is readable, the hub takes up to ``MAX_EVENTS`` ready sockets (a pass) and calls each one's
-handler synchronously: a handler reads, decides and writes without blocking, and changes what
-it waits for with ``watch``. Passes are made in trio's own wait for I/O (``net.io_wait``),
-or, where trio cannot be served so, by a system task of the run that waits for the epoll
-descriptor (started by the first ``Hub.current()``; ``mode`` says which). Either way other
-tasks run between passes, and a busy socket gets one turn per pass (fairness; level-
-triggered, nothing is lost by not draining a socket at once).
+level-triggered, and calls the handler of each ready one synchronously (a pass, up to
+``MAX_EVENTS`` sockets): a handler reads, decides and writes without blocking, and changes
+what it waits for with ``watch``. Where trio allows it (``net.io_wait``, ``mode`` "io-wait")
+the sockets are registered in trio's own epoll object and served in trio's own wait for I/O,
+one ``epoll_wait`` for both; otherwise (``mode`` "task") in a ``select.epoll`` object of the
+hub's own, served by a system task of the run that waits for its descriptor (started by the
+first ``Hub.current()``). Either way other tasks run between passes, and a busy socket gets
+one turn per pass (fairness; level-triggered, nothing is lost by not draining a socket at
+once).
 
 Contract for handlers (``Ready``):
 
@@ -29,8 +30,9 @@ A mask of 0 unregisters the descriptor instead of keeping it with no interest: e
 ``EPOLLHUP`` and ``EPOLLERR`` whatever the mask, and a level-triggered hang-up on a socket
 nobody reads would otherwise wake the hub on every pass.
 
-In trio's wait for I/O a pass costs neither a task switch nor trio's two ``epoll_ctl`` calls
-per wait; the passes and this contract are the same in both modes.
+In trio's wait for I/O a pass costs neither a task switch, nor trio's two ``epoll_ctl`` calls
+per wait, nor a second ``epoll_wait``; the passes and this contract are the same in both
+modes.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class Hub:
     __slots__ = ("_epoll", "_handlers", "_masks", "mode", "passes")
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
+        self._epoll = select.epoll()  # trio's own once io_wait attached the hub (share)
         self._handlers: dict[int, Ready] = {}
         self._masks: dict[int, int] = {}  # registered descriptors only (mask != 0)
         self.passes = 0  # passes with work done (tests read it)
@@ -110,7 +112,12 @@ class Hub:
                 return
             except FileNotFoundError:  # closed and reused while registered: start afresh
                 pass
-        ep.register(fd, mask)
+        try:
+            ep.register(fd, mask)
+        except FileExistsError:
+            # Sharing trio's epoll: trio leaves a descriptor it waited on registered, disarmed
+            # (one-shot, no interest), and registers it afresh should that fail later.
+            ep.modify(fd, mask)
 
     def forget(self, fd: int) -> None:
         """Stop watching ``fd`` (idempotent); call it before the descriptor is closed."""
@@ -126,8 +133,23 @@ class Hub:
         return len(self._masks)
 
     def fileno(self) -> int:
-        """The hub's epoll descriptor: readable when a watched socket is ready."""
+        """The hub's epoll descriptor: readable when a watched socket is ready (task mode;
+        in io-wait mode it is trio's own)."""
         return self._epoll.fileno()
+
+    def share(self, epoll: select.epoll) -> None:
+        """Register from now on in ``epoll`` (trio's, by ``net.io_wait``, before anything is
+        watched): the hub's sockets are then among the events trio's own wait returns, and
+        ``io_wait`` serves them (``handler_of``) with no second ``epoll_wait``. Whoever
+        owns ``epoll`` closes it."""
+        assert not self._masks
+        self._epoll.close()
+        self._epoll = epoll
+
+    @property
+    def handlers(self) -> dict[int, Ready]:
+        """Watched descriptors and their handlers (io-wait mode's dispatch reads it)."""
+        return self._handlers
 
     def serve_pass(self) -> None:
         """One pass: up to ``MAX_EVENTS`` ready descriptors, each to its handler. Never
@@ -139,10 +161,12 @@ class Hub:
             self._dispatch(fd, ready)
 
     def close(self) -> None:
-        """The run is over: forget every handler and close the epoll object."""
+        """The run is over: forget every handler and close the epoll object (a shared one
+        is its owner's: trio closes it right after)."""
         self._handlers.clear()
         self._masks.clear()
-        self._epoll.close()
+        if self.mode != "io-wait":
+            self._epoll.close()
 
     async def _serve(self) -> None:
         """The hub as a task (when ``net.io_wait`` cannot attach it): wait, pass, repeat."""
@@ -160,8 +184,12 @@ class Hub:
         try:
             handler.hub_ready(fd, ready)
         except Exception as exc:
-            try:
-                handler.hub_failed(exc)
-            except Exception:
-                log.exception("readiness handler failed on descriptor %d", fd)
-                self.forget(fd)
+            self.failed(fd, handler, exc)
+
+    def failed(self, fd: int, handler: Ready, exc: Exception) -> None:
+        """``handler.hub_ready`` raised ``exc`` (the contract in the module docstring)."""
+        try:
+            handler.hub_failed(exc)
+        except Exception:
+            log.exception("readiness handler failed on descriptor %d", fd)
+            self.forget(fd)

@@ -159,6 +159,38 @@ async def test_a_flood_is_served_in_fair_bounded_passes(monkeypatch: pytest.Monk
         _close(pairs)
 
 
+async def test_a_socket_goes_from_trio_to_the_hub_and_back_and_back_again() -> None:
+    """In io-wait mode both share trio's epoll: trio leaves a socket it waited on registered
+    (disarmed), the hub takes it over, forgets it, and trio waits on it afresh."""
+    hub = Hub.current()
+    [(a, b)] = pairs = _pairs(1)
+    got: list[bytes] = []
+
+    class Reader(Counter):
+        def hub_ready(self, fd: int, events: int) -> None:
+            super().hub_ready(fd, events)
+            got.append(a.recv(100))
+
+    reader = Reader()
+    reader.fd = a.fileno()
+    try:
+        for round_ in range(2):
+            b.send(b"trio%d" % round_)
+            with trio.fail_after(2):
+                await trio.lowlevel.wait_readable(a)
+            assert a.recv(100) == b"trio%d" % round_
+            hub.watch(a.fileno(), reader, IN)
+            b.send(b"hub%d" % round_)
+            with trio.fail_after(2):
+                while len(got) <= round_:
+                    await trio.sleep(0.005)
+            assert got[round_] == b"hub%d" % round_
+            hub.forget(a.fileno())
+        assert hub.watched == 0 and reader.failed == []
+    finally:
+        _close(pairs)
+
+
 def _system_task_names() -> set[str]:
     root = trio.lowlevel.current_root_task()
     assert root is not None
