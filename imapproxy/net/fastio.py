@@ -68,13 +68,13 @@ class Sender:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._lock = trio.StrictFIFOLock()  # held by the task draining the queue
+        # Held by the task draining the queue; made on first use (never, in the hub).
+        self._lock: trio.StrictFIFOLock | None = None
         # Bytes not yet handed to the kernel (or the TLS stream), oldest first; the head
         # stays queued until it is written in full, so nothing can be sent ahead of it.
         # A list, not a deque: it is almost always empty, and an empty deque costs 600 bytes
         # per side per session; pop(0) on the few entries it ever holds is as cheap.
-        # Public for the hub, which tests it on every event: truthy = a partial write is
-        # waiting (the hub waits for OUT). Read it; only this class changes it.
+        # Public: the hub tests it on every event (truthy: a partial write waits for OUT).
         self.pending: list[bytes | memoryview] = []
         self._held_back: list[bytes] | None = None  # enqueued during an upgrade
         self._released: trio.Event | None = None  # made by hold(): rare, and 350 bytes
@@ -82,8 +82,8 @@ class Sender:
         self._background = False  # a flush_soon task is on its way
         self._wants_read = False  # a TLS write needs the peer's bytes first (renegotiation)
         # The hub cannot go on with this side: it failed, or a TLS write must wait for the
-        # peer's bytes (SSLWantReadError: the pumps' flush waits for them). An attribute,
-        # kept by _set_broken/_set_wants_read, because the hub reads it on every event.
+        # peer's bytes (SSLWantReadError: the pumps' flush waits for them). Kept by
+        # _set_broken/_set_wants_read: the hub reads it on every event.
         self.needs_pumps = False
         self._raw, self._tls = direct_socket(stream)
 
@@ -153,7 +153,7 @@ class Sender:
                 assert self._released is not None  # hold() made it
                 await self._released.wait()  # the upgrade moves them to the queue
                 continue
-            async with self._lock:
+            async with self._drain_lock():
                 await self._drain()
 
     def write_queued(self) -> None:
@@ -179,6 +179,11 @@ class Sender:
                 pending[0] = memoryview(chunk)[sent:]
                 return
             pending.pop(0)
+
+    def _drain_lock(self) -> trio.StrictFIFOLock:
+        if self._lock is None:
+            self._lock = trio.StrictFIFOLock()
+        return self._lock
 
     def _set_wants_read(self, wants: bool) -> None:
         self._wants_read = wants
@@ -219,7 +224,7 @@ class Sender:
         stream exists are written through the new stream only. Call ``hold`` synchronously
         right after enqueueing the last plaintext bytes."""
         assert self._held_back is not None, "hold() first"
-        async with self._lock:
+        async with self._drain_lock():
             await self._drain()
             if self._broken is not None:
                 raise trio.BrokenResourceError(self._broken)
