@@ -29,6 +29,8 @@ def direct_socket(
     A ``SocketTLSStream`` (also behind the upstream's ``UpstreamTLSStream``) lends its
     ``ssl.SSLSocket`` once its handshake is done (``hub_socket``); it stays the stream's,
     never detached here. Any other TLS stream (``trio.SSLStream``): none."""
+    if type(stream) is trio.SocketStream:  # the common case: no ABC isinstance checks
+        return socket_twin(stream.socket), None
     tls = getattr(stream, "ssl_stream", stream)
     if isinstance(tls, SocketTLSStream):
         return tls.hub_socket(), tls
@@ -68,6 +70,8 @@ def socket_twin(sock: trio.socket.SocketType) -> socket.socket | None:
 
 def prefix_of(stream: trio.abc.Stream) -> bytes:
     # Bytes a connector read before handing the stream over, still to deliver first.
+    if type(stream) is trio.SocketStream:
+        return b""
     if isinstance(stream, PrefixedStream | UpstreamTLSStream):
         return stream.prefix
     return b""

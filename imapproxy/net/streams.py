@@ -73,6 +73,8 @@ class PrefixedStream(trio.abc.Stream):
 
 def tls_details(stream: trio.abc.Stream, prefix: str = "") -> dict[str, object]:
     """Log fields for a TLS leg; an upstream STARTTLS stream wraps its SSLStream."""
+    if type(stream) is trio.SocketStream:  # plain TCP: the common case, no lookups
+        return {}
     stream = getattr(stream, "ssl_stream", stream)
     version = getattr(stream, "version", None)  # trio.SSLStream or net.tls_socket's stream
     cipher_of = getattr(stream, "cipher", None)
