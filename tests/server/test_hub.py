@@ -191,6 +191,32 @@ async def test_a_socket_goes_from_trio_to_the_hub_and_back_and_back_again() -> N
         _close(pairs)
 
 
+async def test_a_task_waiting_on_a_watched_socket_is_woken() -> None:
+    """Both claiming one descriptor breaks the hub's contract, but must not hang the task:
+    trio's waiter wins the event (io-wait mode shares trio's epoll)."""
+    hub = Hub.current()
+    [(a, b)] = pairs = _pairs(1)
+    counter = Counter()
+    counter.fd = a.fileno()
+    try:
+        hub.watch(a.fileno(), counter, IN)
+        async with trio.open_nursery() as nursery:
+            woken = trio.Event()
+
+            async def waiter() -> None:
+                await trio.lowlevel.wait_readable(a)
+                woken.set()
+
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            b.send(b"x")
+            with trio.fail_after(2):
+                await woken.wait()
+        hub.forget(a.fileno())
+    finally:
+        _close(pairs)
+
+
 def _system_task_names() -> set[str]:
     root = trio.lowlevel.current_root_task()
     assert root is not None
