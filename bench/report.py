@@ -190,6 +190,11 @@ TARGETS_SPEC = (
     ("steady", "p99 ms", "plus_ms", 2.0),
     ("idle", "KiB/session (RSS)", "max", 24.0),
     ("idle", "KiB/session (RSS)", "max", 12.0),  # issue 12
+    # issue 10 (hot path): the latency-bound modes near haproxy, and the CPU a relay costs
+    ("bulk", "MB/s", "ratio", 1.0),
+    ("steady", "commands/s", "ratio", 0.95),
+    ("steady", "relay CPU µs/command", "max", 100.0),
+    ("session", "relay CPU µs/session", "max", 1000.0),
 )
 
 
@@ -210,7 +215,8 @@ def verdicts(rows: list[Row]) -> list[str]:
             assert h is not None
             ok, text = i <= h + limit, f"{i:.2f} ms vs haproxy {h:.2f} ms (target <= +{limit} ms)"
         else:
-            ok, text = i <= limit, f"{i:.1f} KiB (target <= {limit})"
+            unit = "KiB" if metric.startswith("KiB") else metric.split()[-1]  # "µs/command"
+            ok, text = i <= limit, f"{i:,.1f} {unit} (target <= {limit:,g})"
         out.append(f"- {'PASS' if ok else 'MISS'} {mode} {metric}: {text}")
     return out
 
