@@ -16,7 +16,7 @@ order never depends on which task gets to run first:
 
 The readiness hub (``net.hub``, ``server.hub_pump``) uses the same objects without
 awaiting: it reads with ``Receiver.read_now``, and writes what is queued with
-``Sender.write_queued`` when the socket is writable (``waiting`` says there is some).
+``Sender.write_queued`` when the socket is writable (``pending`` says there is some).
 
 TLS writes: ``SSLWantWriteError`` is a write that would block; OpenSSL then holds a
 half-done write (no partial writes; the ssl module sets
@@ -60,7 +60,6 @@ class Sender:
         "_raw",
         "_released",
         "_tls",
-        "_wants_read",
         "needs_pumps",
         "pending",
         "stream",
@@ -80,10 +79,9 @@ class Sender:
         self._released: trio.Event | None = None  # made by hold(): rare, and 350 bytes
         self._broken: str | None = None  # why the stream failed (enqueue never raises)
         self._background = False  # a flush_soon task is on its way
-        self._wants_read = False  # a TLS write needs the peer's bytes first (renegotiation)
         # The hub cannot go on with this side: it failed, or a TLS write must wait for the
-        # peer's bytes (SSLWantReadError: the pumps' flush waits for them). Kept by
-        # _set_broken/_set_wants_read: the hub reads it on every event.
+        # peer's bytes (SSLWantReadError, renegotiation: the pumps' flush waits for them).
+        # Kept by _set_broken/_set_wants_read: the hub reads it on every event.
         self.needs_pumps = False
         self._raw, self._tls = direct_socket(stream)
 
@@ -91,12 +89,6 @@ class Sender:
     def needs_flush(self) -> bool:
         """False when ``flush`` would return at once: callers skip the await (hot path)."""
         return bool(self.pending) or self._held_back is not None or self._broken is not None
-
-    @property
-    def waiting(self) -> bool:
-        """Bytes are queued for the kernel (a partial write): the hub waits for ``OUT``
-        (which tests ``pending`` itself)."""
-        return bool(self.pending)
 
     @property
     def broken(self) -> bool:
@@ -186,7 +178,6 @@ class Sender:
         return self._lock
 
     def _set_wants_read(self, wants: bool) -> None:
-        self._wants_read = wants
         self.needs_pumps = wants or self._broken is not None
 
     def _set_broken(self, why: str) -> None:

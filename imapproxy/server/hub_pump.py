@@ -76,10 +76,10 @@ class Handover(NamedTuple):
         nothing left to write, or STARTTLS with nothing queued upstream (the handshake needs
         only the client; the server, every command before STARTTLS answered, has nothing
         to say that cannot wait in its socket until the hub reads it again)."""
-        upstream = driver._to_upstream is not None and driver._to_upstream.waiting
+        upstream = driver._to_upstream is not None and bool(driver._to_upstream.pending)
         if self.out.start_client_tls:
             return self.enqueued and not upstream
-        return self.enqueued and not upstream and not driver._to_client.waiting
+        return self.enqueued and not upstream and not driver._to_client.pending
 
 
 class HubPump(ObservedDriver):

@@ -120,7 +120,7 @@ async def test_a_write_that_would_block_is_retried_with_the_same_bytes(
     chunks = [bytes([i]) * (1 << 20) for i in range(1, 9)]  # 8 MiB, far past the buffers
     for chunk in chunks:
         sender.enqueue(chunk)
-    assert sender.waiting
+    assert sender.pending
     head = sender.pending[0]
     assert any(head is chunk for chunk in chunks)  # the very object OpenSSL started on
     received = bytearray()
@@ -135,7 +135,7 @@ async def test_a_write_that_would_block_is_retried_with_the_same_bytes(
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
-            while sender.waiting:
+            while sender.pending:
                 await trio.lowlevel.wait_writable(raw)
                 sender.write_queued()
     assert not sender.needs_pumps

@@ -34,7 +34,7 @@ async def assert_a_slow_reader_stops_upstream_reads(
     client_fd, upstream_fd = driver._fds
     await client.send_all(b"f FETCH 1 (BODY.PEEK[])\r\n")
     with trio.fail_after(10):  # the client reads nothing: its side fills up
-        while not driver._to_client.waiting:
+        while not driver._to_client.pending:
             await trio.sleep(0.02)
     await trio.sleep(0.3)
     assert hub.mask(client_fd) == OUT  # waiting to write, not reading the client
