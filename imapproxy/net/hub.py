@@ -140,7 +140,7 @@ class Hub:
     def share(self, epoll: select.epoll) -> None:
         """Register from now on in ``epoll`` (trio's, by ``net.io_wait``, before anything is
         watched): the hub's sockets are then among the events trio's own wait returns, and
-        ``io_wait`` serves them (``handler_of``) with no second ``epoll_wait``. Whoever
+        ``io_wait`` serves them (``handlers``) with no second ``epoll_wait``. Whoever
         owns ``epoll`` closes it."""
         assert not self._masks
         self._epoll.close()
