@@ -41,6 +41,20 @@ class Counter:
     fd = -1
 
 
+class Reader(Counter):
+    """A handler that reads what arrives on ``sock`` (its descriptor) into ``got``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.got: list[bytes] = []
+
+    def hub_ready(self, fd: int, events: int) -> None:
+        super().hub_ready(fd, events)
+        self.got.append(self.sock.recv(100))
+
+
 def _pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
     pairs = [socket.socketpair() for _ in range(n)]
     for a, b in pairs:
@@ -164,15 +178,8 @@ async def test_a_socket_goes_from_trio_to_the_hub_and_back_and_back_again() -> N
     (disarmed), the hub takes it over, forgets it, and trio waits on it afresh."""
     hub = Hub.current()
     [(a, b)] = pairs = _pairs(1)
-    got: list[bytes] = []
-
-    class Reader(Counter):
-        def hub_ready(self, fd: int, events: int) -> None:
-            super().hub_ready(fd, events)
-            got.append(a.recv(100))
-
-    reader = Reader()
-    reader.fd = a.fileno()
+    reader = Reader(a)
+    got = reader.got
     try:
         for round_ in range(2):
             b.send(b"trio%d" % round_)
@@ -237,15 +244,8 @@ async def test_timers_and_wait_all_tasks_blocked_keep_their_meaning_while_socket
     hub = Hub.current()
     [(a, b)] = pairs = _pairs(1)
     try:
-        echoed: list[bytes] = []
-
-        class Echo(Counter):
-            def hub_ready(self, fd: int, events: int) -> None:
-                super().hub_ready(fd, events)
-                echoed.append(a.recv(100))
-
-        echo = Echo()
-        echo.fd = a.fileno()
+        echo = Reader(a)
+        echoed = echo.got
         hub.watch(a.fileno(), echo, IN)
         start = trio.current_time()
         for i in range(20):  # socket traffic between timer waits
